@@ -1,0 +1,208 @@
+"""Config composition (Hydra compose API), validation, sweep expansion.
+
+The CLI hands over the user's overrides; this module returns a resolved, validated DictConfig or
+raises ConfigError with one clear line. Nothing here writes to disk.
+"""
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from vaitrain.errors import ConfigError, check_choice, closest_first
+from vaitrain.schema.root import GROUP_SCHEMAS, SCHEMA_PREFIX, register_schemas
+
+GROUPS = tuple(GROUP_SCHEMAS)
+
+# Enumerated string options: key -> valid values. Checked after composition so YAML files and
+# command-line values are held to the same list.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.act": ("relu", "leaky_relu", "sigmoid", "tanh", "elu", "selu", "gelu"),
+    "model.init": ("default", "xavier", "he", "lecun"),
+    "model.init_dist": ("normal", "uniform"),
+    "model.down": ("maxpool", "avgpool", "strided"),
+    "model.up": ("transposed", "bilinear", "maxunpool"),
+    "model.style": ("cifar", "imagenet"),
+    "model.regime": ("small", "regular"),
+    "model.graph": ("ws", "er", "ba"),
+    "model.kind": ("mlp", "cnn"),
+    "data.normalize": ("channel", "pixel", "none"),
+    "data.device_resident": ("auto", "true", "false"),
+    "data.variant": ("standard", "ambiguous"),
+    "task.name": ("classification", "segmentation", "regression"),
+    "task.loss": ("mse", "l1"),
+    "task.head": ("plain", "gaussian", "mdn"),
+    "task.sigma_param": ("softplus", "exp"),
+    "optim.name": ("sgd", "adam", "adamw", "alrao"),
+    "optim.body": ("sgd", "adam"),
+    "sched.name": ("constant", "step", "multistep", "cosine", "onecycle"),
+    "norm.name": ("batch", "group", "layer", "instance", "none"),
+    "trainer.precision": ("auto", "fp32", "bf16", "fp16"),
+    "trainer.progress": ("auto", "bar", "plain", "none"),
+    "bench.precision": ("auto", "fp32", "bf16", "fp16"),
+    "bench.mode": ("train", "infer", "both"),
+    "bench.baseline": ("none", "torchvision", "bare"),
+}
+
+# Numeric bounds: key -> (minimum, maximum or None).
+BOUNDS: dict[str, tuple[float, float | None]] = {
+    "trainer.epochs": (1, None),
+    "trainer.batch_size": (1, None),
+    "trainer.grad_accum": (1, None),
+    "trainer.devices": (1, None),
+    "data.image_size": (0, None),
+    "data.num_train": (0, None),
+    "data.num_val": (0, None),
+    "model.dropout": (0.0, 0.999),
+    "model.width_mult": (1e-3, None),
+    "task.label_smoothing": (0.0, 0.999),
+    "task.components": (1, None),
+    "optim.lr": (0.0, None),
+    "optim.copies": (1, None),
+    "norm.groups": (1, None),
+}
+
+
+def conf_dir() -> Path:
+    """The packaged config folder (conf/ in the repo, vaitrain/conf in the wheel)."""
+    return Path(str(importlib.resources.files("vaitrain.conf")))
+
+
+def group_options(group: str) -> list[str]:
+    """The options a config group offers, from its YAML files."""
+    folder = conf_dir() / group
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def _parse(overrides: Sequence[str]) -> list[Any]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    parsed = []
+    for text in overrides:
+        try:
+            parsed.extend(parser.parse_overrides([text]))
+        except OverrideParseException:
+            raise ConfigError(
+                f"malformed override '{text}': write key=value (e.g. trainer.epochs=3) "
+                "or group=option (e.g. optim=adam)"
+            ) from None
+    return parsed
+
+
+def _check_group_choices(parsed: Iterable[Any]) -> None:
+    for ov in parsed:
+        key = ov.key_or_group
+        if key in GROUPS and not ov.is_delete():
+            values = ov.sweep_string_iterator() if ov.is_sweep_override() else [ov.value()]
+            for value in values:
+                check_choice(key, str(value), group_options(key))
+
+
+def _unknown_key_error(key: str, cfg_hint: DictConfig | None) -> ConfigError:
+    parent, _, leaf = key.rpartition(".")
+    valid: list[str] = []
+    if cfg_hint is not None:
+        node = OmegaConf.select(cfg_hint, parent) if parent else cfg_hint
+        if isinstance(node, DictConfig):
+            valid = [str(k) for k in node.keys()]
+    if valid:
+        names = ", ".join(f"{parent + '.' if parent else ''}{k}" for k in closest_first(leaf, valid))
+        return ConfigError(f"unknown config key '{key}'; valid keys here: {names}")
+    return ConfigError(f"unknown config key '{key}'; see `vaitrain config` for the valid keys")
+
+
+def compose(overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose conf/config.yaml with the overrides, resolve it and validate every option."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException, MissingConfigException
+
+    overrides = list(overrides)
+    parsed = _parse(overrides)
+    if any(ov.is_sweep_override() for ov in parsed):
+        raise ConfigError("sweep values (a,b or range(...)) need -m/--multirun")
+    _check_group_choices(parsed)
+    register_schemas()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        try:
+            cfg = hydra_compose(config_name="config", overrides=overrides)
+        except MissingConfigException as err:
+            raise ConfigError(f"{_first_line(err)}") from None
+        except HydraException as err:
+            raise _composition_error(_full_text(err), overrides, hydra_compose) from None
+    try:
+        OmegaConf.resolve(cfg)
+    except Exception as err:  # interpolation errors
+        raise ConfigError(f"cannot resolve the config: {_first_line(err)}") from None
+    validate(cfg)
+    return cfg
+
+
+def _full_text(err: BaseException) -> str:
+    parts = []
+    while err is not None:
+        parts.append(str(err))
+        err = err.__cause__ or err.__context__  # type: ignore[assignment]
+    return "\n".join(parts)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return " ".join(text.split()) if text else type(err).__name__
+
+
+def _composition_error(text: str, overrides: list[str], hydra_compose: Any) -> ConfigError:
+    """One line for Hydra's multi-line composition errors."""
+    import re
+
+    bad_type = re.search(r"Value '(.*)' of type '(\w+)' could not be converted to (\w+)", text)
+    key = re.search(r"full_key: (\S+)", text)
+    if bad_type and key:
+        value, _, expected = bad_type.groups()
+        return ConfigError(f"{key.group(1)}={value} is not a valid {expected.lower()}")
+    unknown = re.search(r"Could not override '([^']*)'", text)
+    if unknown and unknown.group(1) and key:
+        groups = [o for o in overrides if o.split("=", 1)[0] in GROUPS]
+        return _unknown_key_error(unknown.group(1), hydra_compose(config_name="config", overrides=groups))
+    if unknown:
+        return ConfigError(f"malformed override: '{unknown.group(1)}' is no config key or group; write key=value")
+    return ConfigError(" ".join(text.split("\n")[0].split()))
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check enumerated and bounded options; combinations are checked by the builders."""
+    for key, choices in CHOICES.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None:
+            check_choice(key, str(value), choices)
+    for key, (lo, hi) in BOUNDS.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None:
+            continue
+        if value < lo or (hi is not None and value > hi):
+            rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+            raise ConfigError(f"{key}={value} is out of range; it must be {rng}")
+
+
+def expand_sweep(overrides: Sequence[str]) -> list[list[str]]:
+    """The Cartesian product of sweep overrides (`a,b`, `range(...)`, `choice(...)`) as job lists."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    parsed = _parse(overrides)
+    _check_group_choices(parsed)
+    batches = BasicSweeper.split_arguments(parsed, None)
+    return [list(job) for batch in batches for job in batch]
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def load_yaml(path: Path) -> DictConfig:
+    cfg = OmegaConf.load(path)
+    assert isinstance(cfg, DictConfig)
+    return cfg

@@ -1,0 +1,51 @@
+"""Typed errors the library raises; the CLI turns each into one line and exit code 2.
+
+Messages say what is wrong and how to fix it, in one line, with no traceback.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+
+class VaitrainError(Exception):
+    """A user-facing error whose message is one clear line."""
+
+
+class ConfigError(VaitrainError):
+    """A bad override, option, key, value or combination of options."""
+
+
+class DataError(VaitrainError):
+    """A dataset that is missing, empty or has a bad file."""
+
+
+class CheckpointError(VaitrainError):
+    """A checkpoint that is missing, corrupt or belongs to another model or task."""
+
+
+class DeviceError(VaitrainError):
+    """A device that was asked for but is absent."""
+
+
+class RunDirError(VaitrainError):
+    """A run or output directory that cannot be read or written."""
+
+
+class TrainingError(VaitrainError):
+    """Training that cannot go on (a non-finite loss, for example)."""
+
+
+def closest_first(value: str, choices: Iterable[str]) -> list[str]:
+    """Choices ordered by similarity to `value` (closest first), then alphabetically."""
+    choices = sorted(set(choices))
+    close = difflib.get_close_matches(value, choices, n=len(choices), cutoff=0.0)
+    return close + [c for c in choices if c not in close]
+
+
+def check_choice(key: str, value: str, choices: Iterable[str]) -> None:
+    """Raise ConfigError naming the valid choices (closest first) unless value is one of them."""
+    choices = list(choices)
+    if value not in choices:
+        ordered = ", ".join(closest_first(str(value), choices))
+        raise ConfigError(f"{key}={value} is not a valid choice; choose one of: {ordered}")

@@ -1,0 +1,75 @@
+"""The root config and the registration of every group's schema in Hydra's ConfigStore."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+from vaitrain.schema.data import DataConfig
+from vaitrain.schema.model import (
+    DenseNetConfig,
+    ModelConfig,
+    PlainConfig,
+    RandWireConfig,
+    ResNetConfig,
+    UNetConfig,
+)
+from vaitrain.schema.optim import OptimConfig, SchedConfig
+from vaitrain.schema.task import TaskConfig
+from vaitrain.schema.trainer import BenchConfig, NormConfig, TrainerConfig
+
+# Schema nodes are stored under names starting with "schema_" so they never show as choices.
+SCHEMA_PREFIX = "schema_"
+
+GROUP_SCHEMAS: dict[str, dict[str, type]] = {
+    "model": {
+        "resnet": ResNetConfig,
+        "densenet": DenseNetConfig,
+        "unet": UNetConfig,
+        "randwire": RandWireConfig,
+        "plain": PlainConfig,
+    },
+    "data": {"data": DataConfig},
+    "task": {"task": TaskConfig},
+    "optim": {"optim": OptimConfig},
+    "sched": {"sched": SchedConfig},
+    "norm": {"norm": NormConfig},
+    "trainer": {"trainer": TrainerConfig},
+    "bench": {"bench": BenchConfig},
+}
+
+
+@dataclass
+class RootConfig:
+    model: Any = None
+    data: DataConfig = field(default_factory=DataConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    norm: NormConfig = field(default_factory=NormConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    seed: int = 0
+    out_dir: str = "runs"  # run directories go under <out_dir>/<date>/
+    resume: Optional[str] = None  # a run directory to continue
+    name: str = ""  # optional tag appended to the run directory name
+
+
+_registered = False
+
+
+def register_schemas() -> None:
+    """Store every schema once per process (ConfigStore is a process-wide singleton)."""
+    global _registered
+    if _registered:
+        return
+    cs = ConfigStore.instance()
+    cs.store(name=f"{SCHEMA_PREFIX}root", node=RootConfig)
+    for group, schemas in GROUP_SCHEMAS.items():
+        for name, node in schemas.items():
+            cs.store(group=group, name=f"{SCHEMA_PREFIX}{name}", node=node)
+    _registered = True
+
+
+__all__ = ["RootConfig", "register_schemas", "SCHEMA_PREFIX", "GROUP_SCHEMAS", "ModelConfig"]

@@ -1,0 +1,53 @@
+"""Schemas of the `trainer`, `norm` and `bench` groups."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass
+class NormConfig:
+    name: str = "batch"  # batch | group | layer | instance | none
+    groups: int = 8  # group norm
+    eps: float = 1e-5
+    momentum: float = 0.1
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    val_batch_size: int = 0  # 0 = 2 x batch_size
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    channels_last: bool = False
+    compile: bool = False
+    grad_accum: int = 1  # micro-batches per optimizer step
+    log_every: int = 20  # steps between train scalars
+    layer_stats: int = 0  # every N steps: per-layer activation/gradient stats (0 = off)
+    image_every: int = 1  # epochs between sample-image grids (0 = off)
+    threads: int = 0  # torch CPU threads (0 = torch's default)
+    progress: str = "auto"  # auto | bar | plain | none
+    stop_after: int = 0  # stop this invocation after N epochs (resume= continues); 0 = run all
+    checkpoint_every: int = 0  # also write last.pt every N steps (0 = once per epoch)
+    devices: int = 1  # processes to launch for DistributedDataParallel
+    sync_bn: bool = False
+    deterministic: bool = False
+
+
+@dataclass
+class BenchConfig:
+    batch_size: int = 0  # 0 = trainer.batch_size
+    image_size: int = 0  # 0 = data.image_size
+    precision: str = "auto"
+    channels_last: bool = False
+    compile: bool = False
+    warmup: int = 3
+    steps: int = 10
+    repeats: int = 3
+    mode: str = "both"  # train | infer | both
+    split: bool = False  # report forward / backward / optimizer time separately
+    baseline: str = "none"  # none | torchvision | bare
+    peak_tflops: float = 0.0  # 0 = measure with a large matrix product (GPU only)
+    data: bool = True  # also time the data path (loader alone, full epoch)
+    out: Optional[str] = None
