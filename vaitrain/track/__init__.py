@@ -1,0 +1,1 @@
+"""Records of a run: run directory, atomic writes, metrics.jsonl, TensorBoard, progress."""

@@ -1,0 +1,109 @@
+"""Run directories: <out_dir>/<YYYY-MM-DD>/<HH-MM-SS>-<model>-<data>-<id>/ and what goes in them."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vaitrain.errors import RunDirError
+from vaitrain.track.files import write_text_atomic
+
+CONFIG_FILE = "config.yaml"
+OVERRIDES_FILE = "overrides.txt"
+ENV_FILE = "env.json"
+METRICS_FILE = "metrics.jsonl"
+TB_DIR = "tb"
+CKPT_DIR = "checkpoints"
+
+
+def check_writable(out_dir: Path) -> None:
+    """Fail with one line, before any work, if runs cannot be written under out_dir."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-test-{secrets.token_hex(4)}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise RunDirError(
+            f"cannot write runs under '{out_dir}' ({err.strerror or err}); "
+            "choose a writable folder with out_dir=DIR"
+        ) from None
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "_." else "_" for c in text)[:40]
+
+
+def create_run_dir(
+    out_dir: Path, model: str, data: str, name: str = "", *, dated: bool = True
+) -> Path:
+    """A new, unique run directory <out_dir>/<date>/<time>-<model>-<data>[-<name>]-<id>
+    (without the <date> level when dated=False, as for the jobs of a sweep). Two runs started in
+    the same second never collide: the random id differs and mkdir(exist_ok=False) retries."""
+    check_writable(out_dir)
+    now = _dt.datetime.now()
+    day = Path(out_dir) / now.strftime("%Y-%m-%d") if dated else Path(out_dir)
+    parts = [now.strftime("%H-%M-%S"), _slug(model), _slug(data)]
+    if name:
+        parts.append(_slug(name))
+    for _ in range(100):
+        run = day / "-".join(parts + [secrets.token_hex(3)])
+        try:
+            run.mkdir(parents=True, exist_ok=False)
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise RunDirError(f"cannot create run directory '{run}': {err.strerror or err}") from None
+        (run / CKPT_DIR).mkdir()
+        return run
+    raise RunDirError(f"could not find a free run directory name under {day}")
+
+
+def is_run_dir(path: Path) -> bool:
+    path = Path(path)
+    return (path / CONFIG_FILE).is_file() and (
+        (path / METRICS_FILE).is_file() or (path / CKPT_DIR).is_dir()
+    )
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Versions and device facts recorded with every run (env.json)."""
+    import vaitrain
+
+    env: dict[str, Any] = {
+        "vaitrain": vaitrain.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "device": str(device),
+        "device_name": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "hostname": platform.node(),
+    }
+    try:
+        import torchvision
+
+        env["torchvision"] = torchvision.__version__
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        pass
+    if device.type == "cuda":
+        env["device_name"] = torch.cuda.get_device_name(device)
+        env["gpu_count"] = torch.cuda.device_count()
+    return env
+
+
+def write_run_files(run: Path, config_yaml: str, overrides: list[str], device: torch.device) -> None:
+    write_text_atomic(run / CONFIG_FILE, config_yaml)
+    write_text_atomic(run / OVERRIDES_FILE, "\n".join(overrides) + ("\n" if overrides else ""))
+    write_text_atomic(run / ENV_FILE, json.dumps(environment(device), indent=2) + "\n")

@@ -1,0 +1,42 @@
+"""TensorBoard writing: scalars, images, histograms, hparams, text, under <run>/tb."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+
+class TBWriter:
+    """A thin SummaryWriter wrapper. On resume, `purge_step` drops events at or after the
+    checkpoint's step that a killed run wrote, so curves do not fork."""
+
+    def __init__(self, log_dir: Path, purge_step: int | None = None) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.log_dir = Path(log_dir)
+        self.w = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step, flush_secs=10)
+
+    def scalars(self, values: Mapping[str, float], step: int) -> None:
+        for tag, value in values.items():
+            self.w.add_scalar(tag, float(value), step)
+
+    def image(self, tag: str, img: torch.Tensor, step: int, dataformats: str = "CHW") -> None:
+        self.w.add_image(tag, img, step, dataformats=dataformats)
+
+    def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
+        self.w.add_histogram(tag, values.detach().float().cpu(), step)
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        self.w.add_text(tag, text, step)
+
+    def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+        """Hyper-parameters + final metrics for the HParams dashboard, in the run's own folder."""
+        clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hparams.items()}
+        self.w.add_hparams(clean, {f"hparam/{k}": float(v) for k, v in metrics.items()}, run_name=".")
+
+    def flush(self) -> None:
+        self.w.flush()
+
+    def close(self) -> None:
+        self.w.close()
