@@ -35,6 +35,10 @@ class TBWriter:
         clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hparams.items()}
         self.w.add_hparams(clean, {f"hparam/{k}": float(v) for k, v in metrics.items()}, run_name=".")
 
+    def __getattr__(self, name: str) -> Any:
+        # Anything else (add_figure, add_images, ...) goes straight to the SummaryWriter.
+        return getattr(self.w, name)
+
     def flush(self) -> None:
         self.w.flush()
 

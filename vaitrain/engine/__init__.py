@@ -1,0 +1,5 @@
+"""The training/eval loop: precision, compile, checkpoints, resume, distributed."""
+from vaitrain.engine.evaluate import evaluate_run
+from vaitrain.engine.train import RunResult, prepare, train
+
+__all__ = ["train", "prepare", "evaluate_run", "RunResult"]

@@ -1,0 +1,70 @@
+"""Checkpoints: plain tensors, numbers, strings, lists and dicts, so they load with
+torch.load(weights_only=True) (a checkpoint cannot run code). Written atomically."""
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vaitrain.errors import CheckpointError
+from vaitrain.track.files import torch_save_atomic
+
+FORMAT = 1
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    torch_save_atomic({"format": FORMAT, **state}, Path(path))
+
+
+def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at '{path}'; was the run started and did it finish an epoch?")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as err:
+        reason = " ".join(str(err).split())[:160]
+        raise CheckpointError(
+            f"checkpoint '{path}' is truncated or corrupt ({reason}); "
+            "use the run's other checkpoint (best.pt/last.pt) or start a new run"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state:
+        raise CheckpointError(f"'{path}' is not a vaitrain checkpoint (format {FORMAT})")
+    return state
+
+
+def check_compatible(path: Path, state: dict[str, Any], model: nn.Module, model_name: str, task: str) -> None:
+    """A checkpoint of another model or task is refused, naming what differs."""
+    if state.get("task") not in (None, task):
+        raise CheckpointError(
+            f"checkpoint '{path}' was trained for task={state.get('task')}, not task={task}"
+        )
+    own = model.state_dict()
+    saved = state["model"]
+    missing = [k for k in own if k not in saved]
+    unexpected = [k for k in saved if k not in own]
+    shapes = [k for k in own if k in saved and tuple(own[k].shape) != tuple(saved[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if state.get("model_name") and state.get("model_name") != model_name:
+            parts.append(f"it holds model={state.get('model_name')}, not model={model_name}")
+        if missing:
+            parts.append(f"missing keys {_few(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_few(unexpected)}")
+        if shapes:
+            k = shapes[0]
+            parts.append(
+                f"shape mismatch for {_few(shapes)} (e.g. {k}: checkpoint {tuple(saved[k].shape)} "
+                f"vs model {tuple(own[k].shape)})"
+            )
+        raise CheckpointError(f"checkpoint '{path}' does not fit this model: " + "; ".join(parts))
+
+
+def _few(keys: list[str], n: int = 3) -> str:
+    shown = ", ".join(keys[:n])
+    return shown + (f" and {len(keys) - n} more" if len(keys) > n else "")

@@ -1,0 +1,65 @@
+"""Config -> built objects: data, task, model, optimization. Used by train, eval and bench, so
+there is one way from config to object. Every builder runs before anything is written."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from vaitrain.data import build_data
+from vaitrain.models import build_model
+from vaitrain.optim import build_optimization
+from vaitrain.tasks import build_task
+
+
+@dataclass
+class Components:
+    data: Any
+    task: Any
+    model: torch.nn.Module  # what is trained and checkpointed (Alrao may wrap the built net)
+    opt: Any  # Optimization(model, optimizer, scheduler, objective, after_step)
+
+
+def val_batch_size(cfg: DictConfig) -> int:
+    return int(cfg.trainer.val_batch_size or 2 * cfg.trainer.batch_size)
+
+
+def build_components(
+    cfg: DictConfig,
+    device: torch.device,
+    *,
+    stats: dict[str, Any] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Components:
+    data = build_data(
+        cfg.data,
+        cfg.task.name,
+        device=device,
+        batch_size=int(cfg.trainer.batch_size),
+        val_batch_size=val_batch_size(cfg),
+        seed=int(cfg.seed),
+        stats=stats,
+        rank=rank,
+        world_size=world_size,
+    )
+    task = build_task(cfg.task, data)
+    net = build_model(
+        cfg.model,
+        cfg.norm,
+        in_channels=data.in_channels,
+        num_outputs=task.num_outputs,
+        image_size=data.image_size,
+        dense=task.dense,
+    )
+    net.to(device)
+    if cfg.trainer.channels_last:
+        net.to(memory_format=torch.channels_last)
+    steps_per_epoch = max(1, len(data.train) // int(cfg.trainer.grad_accum))
+    opt = build_optimization(
+        cfg.optim, cfg.sched, net, task, steps_per_epoch=steps_per_epoch, epochs=int(cfg.trainer.epochs)
+    )
+    model = opt.model.to(device)
+    return Components(data=data, task=task, model=model, opt=opt)

@@ -1,0 +1,98 @@
+"""Validation pass and `vaitrain eval` of a saved run."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from vaitrain.config import compose
+from vaitrain.engine.checkpoint import check_compatible, load_checkpoint
+from vaitrain.engine.components import build_components
+from vaitrain.engine.device import autocast, resolve_device, resolve_precision
+from vaitrain.errors import CheckpointError, RunDirError
+from vaitrain.track import rundir
+
+
+@torch.no_grad()
+def evaluate_model(model: torch.nn.Module, loader: Any, task: Any, precision: str, device: torch.device,
+                   channels_last: bool = False, on_first_batch: Any = None) -> tuple[dict[str, float], Any]:
+    """Metrics of `model` over every batch of `loader` (all-reduced across ranks when distributed)."""
+    was_training = model.training
+    model.eval()
+    meter = task.new_meter()
+    for i, (x, y) in enumerate(loader):
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(precision, device):
+            out = model(x)
+        out = out.float()
+        meter.update(out, y)
+        if i == 0 and on_first_batch is not None:
+            on_first_batch(x, y, out)
+    meter.all_reduce()
+    model.train(was_training)
+    result = {k: float(v) for k, v in meter.compute().items()}
+    return result, meter
+
+
+def run_validation(trainer: Any, progress: Any, tb: Any, epoch: int) -> dict[str, float]:
+    """The per-epoch validation pass of a Trainer; logs sample images on the main rank."""
+    cfg = trainer.cfg
+    task = trainer.c.task
+    image_every = int(cfg.trainer.image_every)
+    log_images = tb is not None and image_every > 0 and epoch % image_every == 0
+
+    def first_batch(x: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> None:
+        if log_images:
+            task.log_images(tb, "val/samples", x, y, out, trainer.step)
+
+    metrics, meter = evaluate_model(
+        trainer.model, trainer.c.data.val, task, trainer.precision, trainer.device,
+        bool(cfg.trainer.channels_last), first_batch,
+    )
+    epoch_images = getattr(task, "log_epoch_images", None)
+    if log_images and epoch_images is not None:
+        epoch_images(tb, meter, trainer.step)
+    return {f"val/{k}": v for k, v in metrics.items()}
+
+
+def resolve_checkpoint(run_dir: Path, checkpoint: str) -> Path:
+    if checkpoint in ("best", "last"):
+        return Path(run_dir) / rundir.CKPT_DIR / f"{checkpoint}.pt"
+    return Path(checkpoint)
+
+
+def load_run_config(run_dir: Path, extra: list[str] = ()) -> tuple[DictConfig, list[str]]:
+    run_dir = Path(run_dir)
+    if not rundir.is_run_dir(run_dir):
+        raise RunDirError(f"'{run_dir}' is not a vaitrain run directory (no config.yaml / checkpoints/)")
+    saved_file = run_dir / rundir.OVERRIDES_FILE
+    saved = [l.strip() for l in saved_file.read_text().splitlines() if l.strip()] if saved_file.is_file() else []
+    overrides = [o for o in saved if not o.startswith("resume=")] + list(extra)
+    return compose(overrides), overrides
+
+
+def evaluate_run(run_dir: Path, checkpoint: str = "best", overrides: list[str] = ()) -> dict[str, Any]:
+    """Metrics of a run's checkpoint on its validation split, with the normalization it trained with."""
+    cfg, _ = load_run_config(run_dir, list(overrides))
+    path = resolve_checkpoint(run_dir, checkpoint)
+    if checkpoint == "best" and not path.is_file():
+        path = resolve_checkpoint(run_dir, "last")
+    state = load_checkpoint(path)
+    device = resolve_device(cfg.trainer.device)
+    precision = resolve_precision(cfg.trainer.precision, device)
+    c = build_components(cfg, device, stats=state.get("data_stats"))
+    check_compatible(path, state, c.model, cfg.model.name, cfg.task.name)
+    c.model.load_state_dict(state["model"])
+    if cfg.trainer.channels_last:
+        c.model.to(memory_format=torch.channels_last)
+    metrics, _ = evaluate_model(c.model, c.data.val, c.task, precision, device, bool(cfg.trainer.channels_last))
+    return {
+        "checkpoint": str(path),
+        "epoch": int(state.get("epoch", 0)),
+        "step": int(state.get("step", 0)),
+        "metrics": {f"val/{k}": v for k, v in metrics.items()},
+        "main_metric": f"val/{c.task.main_metric}",
+    }
