@@ -164,6 +164,16 @@ def _composition_error(text: str, overrides: list[str], hydra_compose: Any) -> C
     if bad_type and key:
         value, _, expected = bad_type.groups()
         return ConfigError(f"{key.group(1)}={value} is not a valid {expected.lower()}")
+    in_file = re.search(r"In '([^']+)'.*\n.*Key '([^']+)' not in '(\w+)'", text)
+    if in_file and key:
+        group = key.group(1).split(".")[0]
+        hint = hydra_compose(config_name="config", overrides=[])
+        valid = list(hint[group].keys()) if group in hint and hint[group] is not None else []
+        names = ", ".join(closest_first(in_file.group(2), [str(v) for v in valid]))
+        return ConfigError(
+            f"unknown key '{in_file.group(2)}' in config file conf/{in_file.group(1)}.yaml; "
+            f"valid keys: {names}"
+        )
     unknown = re.search(r"Could not override '([^']*)'", text)
     if unknown and unknown.group(1) and key:
         groups = [o for o in overrides if o.split("=", 1)[0] in GROUPS]
@@ -178,6 +188,9 @@ def validate(cfg: DictConfig) -> None:
     for key, choices in CHOICES.items():
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None:
+            if str(value) in ("True", "False"):  # YAML's true/false in a string field
+                value = str(value).lower()
+                OmegaConf.update(cfg, key, value)
             check_choice(key, str(value), choices)
     for key, (lo, hi) in BOUNDS.items():
         value = OmegaConf.select(cfg, key, default=None)
