@@ -75,13 +75,13 @@ def train(
     """Train a model (default: ResNet-20 on the embedded shapes data). resume=RUN_DIR continues a run."""
     overrides = list(overrides or [])
     if multirun:
-        from vaitrain import sweep
-
         sweep_main(overrides)
         return
-    from vaitrain.engine import prepare, train as run_train
+    from vaitrain.config import prepare
 
     cfg, overrides = prepare(overrides)
+    from vaitrain.engine import train as run_train
+
     if int(cfg.trainer.devices) > 1 and "WORLD_SIZE" not in os.environ:
         from vaitrain.engine.launch import launch
 
@@ -106,10 +106,21 @@ def train(
 
 def sweep_main(overrides: list[str]) -> None:
     """`train -m`: every job composed before the first runs; then the compare table."""
-    from vaitrain import sweep
+    from vaitrain.compare import compare_paths, render
+    from vaitrain.engine import train as run_train
+    from vaitrain.sweep import SWEEP_FILE, run_sweep
 
-    result = sweep.run_sweep(overrides)
-    sweep.print_summary(result, console)
+    result = run_sweep(overrides, train_fn=run_train, progress=lambda line: typer.echo(line, err=True))
+    if result.run_dirs:
+        typer.echo(render(compare_paths(result.run_dirs).comparison, "table"))
+    failed = result.failed
+    typer.echo(f"sweep: {len(result.jobs)} jobs, {len(failed)} failed; {result.sweep_dir / SWEEP_FILE}")
+    for job in failed:
+        typer.echo(f"job{job.index:02d} ({' '.join(job.overrides)}) failed: {job.error}", err=True)
+    if result.interrupted:
+        raise typer.Exit(130)
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command("eval")
@@ -159,6 +170,61 @@ def inspect(overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES
 
     title, columns, rows = init_table(list(overrides or []))
     console.print(_table(title, columns, rows))
+
+
+@app.command()
+@one_line_errors
+def bench(
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP + " Bench options: bench.*"),
+    multirun: bool = typer.Option(False, "-m", "--multirun", help="One row per value: -m model=resnet50,densenet121."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the rows + environment to FILE.json or FILE.csv."),
+) -> None:
+    """Training/inference img/s, step-time spread, peak memory, FLOPs and the data path; with
+    bench.baseline=torchvision|bare a baseline side by side. A model that fails gets a row saying why."""
+    from vaitrain.bench import run_bench, table, write_out
+
+    report = run_bench(list(overrides or []), multirun=multirun, progress=lambda line: typer.echo(line, err=True))
+    title, columns, rows = table(report)
+    console.print(_table(title, columns, rows))
+    target = out or report.out
+    if target:
+        typer.echo(f"wrote {write_out(report, target)}")
+
+
+@app.command("compare-runs")
+@one_line_errors
+def compare_runs(
+    paths: List[str] = typer.Argument(..., help="Run dirs, sweep dirs or quoted globs ('runs/2026-11-*/*')."),
+    metric: Optional[List[str]] = typer.Option(
+        None, "--metric", help="Metric tag, repeatable (val/acc1, val/loss:min); default: the task's main one and val/loss."),
+    sort: Optional[str] = typer.Option(None, "--sort", help="A metric (best first) or a column; a leading '-' reverses."),
+    fmt: str = typer.Option("table", "--format", help="table | markdown | csv | json"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the metrics' curves to FILE.png (needs vaitrain[plot])."),
+    serve: bool = typer.Option(False, "--serve", help="Then start TensorBoard on the runs (Ctrl-C stops it)."),
+    port: int = typer.Option(6006, "--port", help="--serve: first port to try."),
+) -> None:
+    """Runs side by side: the config keys that differ, best/final metrics, wall time, img/s, params."""
+    from vaitrain import compare as cmp
+
+    result = cmp.compare_paths(paths, list(metric or []), sort)
+    for line in result.warnings:
+        typer.echo(f"warning: {line}", err=True)
+    typer.echo(cmp.render(result.comparison, fmt))
+    if plot is not None:
+        from vaitrain.compare_plot import plot_runs
+
+        plot_runs(result.runs, result.comparison.metrics, plot)
+        typer.echo(f"wrote {plot}", err=True)
+    if serve:
+        logdir = cmp.common_parent([r.path for r in result.runs])
+        free = cmp.free_port(port)
+        typer.echo(" ".join(cmp.tensorboard_command(logdir, free)), err=True)
+        typer.echo(f"TensorBoard at http://127.0.0.1:{free}/ (Ctrl-C stops it)", err=True)
+        proc = cmp.start_tensorboard(logdir, free)
+        try:
+            proc.wait()
+        finally:
+            proc.terminate()
 
 
 def main() -> None:

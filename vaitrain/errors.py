@@ -38,9 +38,11 @@ class TrainingError(VaitrainError):
 
 def closest_first(value: str, choices: Iterable[str]) -> list[str]:
     """Choices ordered by similarity to `value` (closest first), then alphabetically."""
-    choices = sorted(set(choices))
-    close = difflib.get_close_matches(value, choices, n=len(choices), cutoff=0.0)
-    return close + [c for c in choices if c not in close]
+    def key(choice: str) -> tuple[bool, float, str]:
+        ratio = difflib.SequenceMatcher(None, value, choice).ratio()
+        return (not choice.startswith(value), -ratio, choice)  # a completion of the typo first
+
+    return sorted(set(choices), key=key)
 
 
 def check_choice(key: str, value: str, choices: Iterable[str]) -> None:

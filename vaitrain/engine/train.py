@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from vaitrain.config import compose, to_yaml
+from vaitrain.config import to_yaml
 from vaitrain.engine import dist
 from vaitrain.engine.artifacts import save_model_artifacts
 from vaitrain.engine.checkpoint import check_compatible, load_checkpoint, save_checkpoint
@@ -25,7 +25,7 @@ from vaitrain.engine.components import Components, build_components
 from vaitrain.engine.device import autocast, resolve_device, resolve_precision, rng_state, seed_everything, set_rng_state
 from vaitrain.engine.evaluate import run_validation
 from vaitrain.engine.layer_stats import LayerStats
-from vaitrain.errors import RunDirError, TrainingError
+from vaitrain.errors import TrainingError
 from vaitrain.track import rundir
 from vaitrain.track.metrics_log import MetricsLog, truncate_after_step
 from vaitrain.track.progress import Progress
@@ -41,30 +41,6 @@ class RunResult:
     step: int = 0
     message: str = ""
     signal: int = 0  # the signal that stopped the run, if any
-
-
-def resume_overrides(run_dir: Path, extra: list[str]) -> list[str]:
-    """The overrides that re-create a run's config: its own overrides.txt, then the new ones
-    (which win), then resume=<run_dir>."""
-    run_dir = Path(run_dir)
-    if not rundir.is_run_dir(run_dir):
-        raise RunDirError(
-            f"resume={run_dir} is not a vaitrain run directory (no config.yaml / checkpoints/); "
-            "pass a folder like runs/<date>/<run>"
-        )
-    saved_file = run_dir / rundir.OVERRIDES_FILE
-    saved = [l.strip() for l in saved_file.read_text().splitlines() if l.strip()] if saved_file.is_file() else []
-    saved = [o for o in saved if not o.startswith("resume=")]
-    extra = [o for o in extra if not o.startswith("resume=")]
-    return saved + extra + [f"resume={run_dir}"]
-
-
-def prepare(overrides: list[str]) -> tuple[DictConfig, list[str]]:
-    """Compose the config for `vaitrain train`; with resume=DIR, the run's own overrides come first."""
-    resume = [o for o in overrides if o.startswith("resume=")]
-    if resume:
-        overrides = resume_overrides(Path(resume[-1].split("=", 1)[1]), overrides)
-    return compose(overrides), overrides
 
 
 class _StopFlag:

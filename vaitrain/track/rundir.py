@@ -42,6 +42,10 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "_." else "_" for c in text)[:40]
 
 
+def _run_id() -> str:
+    return secrets.token_hex(3)
+
+
 def create_run_dir(
     out_dir: Path, model: str, data: str, name: str = "", *, dated: bool = True
 ) -> Path:
@@ -55,7 +59,7 @@ def create_run_dir(
     if name:
         parts.append(_slug(name))
     for _ in range(100):
-        run = day / "-".join(parts + [secrets.token_hex(3)])
+        run = day / "-".join(parts + [_run_id()])
         try:
             run.mkdir(parents=True, exist_ok=False)
         except FileExistsError:
