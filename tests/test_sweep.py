@@ -133,3 +133,22 @@ def test_out_dir_defaults_to_the_config(tmp_path: Path) -> None:
     fake = FakeTrain()
     res = run_sweep([f"out_dir={tmp_path / 'mine'}", "seed=1,2"], train_fn=fake)
     assert res.sweep_dir.parent.parent == tmp_path / "mine" and len(res.run_dirs) == 2
+
+
+def test_named_sweep_progress_lines_and_failed_job_dir(tmp_path: Path) -> None:
+    lines: list[str] = []
+    fake = FakeTrain(fail_when={"seed": 2})
+    res = run_sweep(["name=cmp", "seed=1,2"], train_fn=fake, out_dir=tmp_path, progress=lines.append)
+    assert [c["name"] for c in fake.calls] == ["cmp-job00", "cmp-job01"]
+    # the engine's slug turns the name's '-' into '_': the failed job's dir is still found
+    assert res.jobs[1].status == "failed" and "_job01-" in res.jobs[1].run_dir
+    assert (res.sweep_dir / res.jobs[1].run_dir).is_dir()
+    assert lines[0] == "sweep job 1/2: name=cmp seed=1"
+    assert lines[-1].startswith("sweep job 2/2 failed: the loss became non-finite")
+
+
+@pytest.mark.parametrize("bad, message", [("resume=runs/x", "without -m"), ("trainer.devices=2", "one process")])
+def test_options_a_sweep_cannot_run(tmp_path: Path, bad: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        run_sweep(["seed=1,2", bad], train_fn=FakeTrain(), out_dir=tmp_path / "o")
+    assert not (tmp_path / "o").exists()

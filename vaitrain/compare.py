@@ -229,10 +229,14 @@ def _has_glob(text: str) -> bool:
 def _runs_below(folder: Path) -> list[Path]:
     """Run directories under a folder (a sweep dir, a date dir, runs/), not looking inside runs."""
     found: list[Path] = []
-    for child in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    try:
+        children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:  # unreadable folder: nothing to find there
+        return found
+    for child in children:
         if is_run_dir(child):
             found.append(child)
-        else:
+        elif not child.is_symlink():  # no link loops
             found.extend(_runs_below(child))
     return found
 
@@ -393,6 +397,29 @@ def _sorted(rows: list[dict[str, Any]], columns: list[str], metrics: list[Metric
     except TypeError:  # mixed types in a config column
         present.sort(key=lambda r: str(r[name]), reverse=reverse)
     return present + missing
+
+
+@dataclass
+class CompareResult:
+    runs: list[Run]
+    comparison: Comparison
+    warnings: list[str]  # one line per argument or folder skipped
+
+
+def compare_paths(args: Sequence[str | Path], metrics: Sequence[str] = (), sort: str | None = None) -> CompareResult:
+    """find_runs + load_run + compare, for compare-runs and the end of a sweep. A folder that
+    cannot be read is a warning; no run at all is an error."""
+    paths, warnings = find_runs(args)
+    runs = []
+    for p in paths:
+        try:
+            runs.append(load_run(p))
+        except RunDirError as err:
+            warnings.append(f"{err}; skipped")
+    if not runs:
+        why = "; ".join(warnings) if warnings else "no arguments"
+        raise RunDirError(f"no run directories found ({why}); pass runs/<date>/<run>, a sweep folder or a glob")
+    return CompareResult(runs, compare(runs, metrics, sort), warnings)
 
 
 # ----------------------------------------------------------------------------- output

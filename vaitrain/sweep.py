@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import re
 import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from vaitrain.track.rundir import check_writable
 SWEEP_FILE = "sweep.json"
 
 TrainFn = Callable[..., Any]  # train(cfg, overrides, *, out_dir, dated, name) -> RunResult
+Progress = Callable[[str], None]
 
 
 @dataclass
@@ -54,15 +56,20 @@ class SweepResult:
 
 def plan_sweep(overrides: Sequence[str]) -> list[tuple[list[str], DictConfig]]:
     """Every job's overrides and composed, validated config; raises ConfigError on the first bad one."""
+    if any(o.split("=", 1)[0].lstrip("+~") == "resume" for o in overrides):
+        raise ConfigError("resume= continues one run: use it without -m/--multirun")
     jobs = expand_sweep(overrides)
     planned = []
     for job in jobs:
         try:
-            planned.append((job, compose(job)))
+            cfg = compose(job)
         except ConfigError as err:
             if len(jobs) == 1:
                 raise
             raise ConfigError(f"sweep job {' '.join(job)}: {err}") from None
+        if int(cfg.trainer.devices) > 1:  # the jobs run in this process, one after another
+            raise ConfigError("a sweep runs its jobs in one process: drop trainer.devices (>1) with -m")
+        planned.append((job, cfg))
     return planned
 
 
@@ -93,7 +100,9 @@ def _write(result: SweepResult, started: str) -> None:
 
 def _job_dir(sweep_dir: Path, tag: str) -> str | None:
     """The run directory a job made, found by its name tag (a failed job returns no result)."""
-    found = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir() and f"-{tag}-" in p.name)
+    # create_run_dir names it <time>-<model>-<data>-[<name>_]<tag>-<id> (its slug turns '-' into '_')
+    pattern = re.compile(rf"[-_]{tag}-[0-9a-f]+$")
+    found = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir() and pattern.search(p.name))
     return found[-1] if found else None
 
 
@@ -117,10 +126,17 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-def run_sweep(overrides: Sequence[str], *, train_fn: TrainFn, out_dir: Path | str | None = None) -> SweepResult:
+def run_sweep(
+    overrides: Sequence[str],
+    *,
+    train_fn: TrainFn,
+    out_dir: Path | str | None = None,
+    progress: Progress | None = None,
+) -> SweepResult:
     """Run every job of the sweep; a failing job is recorded in sweep.json and the rest go on.
 
-    `out_dir` defaults to the composed config's out_dir (the same for every job)."""
+    `out_dir` defaults to the composed config's out_dir (the same for every job); `progress`
+    gets one line as each job starts and ends (the CLI prints them)."""
     import time
 
     planned = plan_sweep(overrides)
@@ -138,6 +154,8 @@ def run_sweep(overrides: Sequence[str], *, train_fn: TrainFn, out_dir: Path | st
         name = f"{cfg.name}-{tag}" if cfg.get("name") else tag
         job.status = "running"
         _write(result, started)
+        if progress:
+            progress(f"sweep job {job.index + 1}/{len(result.jobs)}: {' '.join(job_overrides)}")
         t0 = time.perf_counter()
         try:
             run = train_fn(cfg, job_overrides, out_dir=sweep_dir, dated=False, name=name)
@@ -156,6 +174,8 @@ def run_sweep(overrides: Sequence[str], *, train_fn: TrainFn, out_dir: Path | st
                 _stop_after(result, job)
         job.seconds = round(time.perf_counter() - t0, 3)
         _write(result, started)
+        if progress and job.status == "failed":
+            progress(f"sweep job {job.index + 1}/{len(result.jobs)} failed: {job.error}")
         if result.interrupted:
             break
     return result
