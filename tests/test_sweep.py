@@ -152,3 +152,15 @@ def test_options_a_sweep_cannot_run(tmp_path: Path, bad: str, message: str) -> N
     with pytest.raises(ConfigError, match=message):
         run_sweep(["seed=1,2", bad], train_fn=FakeTrain(), out_dir=tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_multirun_typo_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from vaitrain.cli import app
+
+    out = tmp_path / "runs"
+    res = CliRunner().invoke(app, ["train", "-m", "optim=sgd,adma", "norm=batch,group", f"out_dir={out}"])
+    assert res.exit_code == 2 and res.stdout == ""
+    assert res.stderr.startswith("error:") and "adma" in res.stderr and res.stderr.count("\n") == 1
+    assert not out.exists()

@@ -107,10 +107,10 @@ def train(
 def sweep_main(overrides: list[str]) -> None:
     """`train -m`: every job composed before the first runs; then the compare table."""
     from vaitrain.compare import compare_paths, render
-    from vaitrain.engine import train as run_train
     from vaitrain.sweep import SWEEP_FILE, run_sweep
 
-    result = run_sweep(overrides, train_fn=run_train, progress=lambda line: typer.echo(line, err=True))
+    # the engine (torch) is imported only after every job composed: a typo fails fast
+    result = run_sweep(overrides, progress=lambda line: typer.echo(line, err=True))
     if result.run_dirs:
         typer.echo(render(compare_paths(result.run_dirs).comparison, "table"))
     failed = result.failed

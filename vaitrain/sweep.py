@@ -129,17 +129,20 @@ def _one_line(err: BaseException) -> str:
 def run_sweep(
     overrides: Sequence[str],
     *,
-    train_fn: TrainFn,
+    train_fn: TrainFn | None = None,
     out_dir: Path | str | None = None,
     progress: Progress | None = None,
 ) -> SweepResult:
     """Run every job of the sweep; a failing job is recorded in sweep.json and the rest go on.
 
     `out_dir` defaults to the composed config's out_dir (the same for every job); `progress`
-    gets one line as each job starts and ends (the CLI prints them)."""
+    gets one line as each job starts and ends (the CLI prints them). `train_fn` defaults to
+    vaitrain.engine.train, imported once every job has been composed."""
     import time
 
     planned = plan_sweep(overrides)
+    if train_fn is None:
+        from vaitrain.engine import train as train_fn
     if out_dir is None:
         dirs = {str(cfg.out_dir) for _, cfg in planned}
         if len(dirs) > 1:
