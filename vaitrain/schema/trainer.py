@@ -39,15 +39,16 @@ class TrainerConfig:
 class BenchConfig:
     batch_size: int = 0  # 0 = trainer.batch_size
     image_size: int = 0  # 0 = data.image_size
-    precision: str = "auto"
+    precision: str = "auto"  # auto = trainer.precision (auto: bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     channels_last: bool = False
-    compile: bool = False
-    warmup: int = 3
-    steps: int = 10
-    repeats: int = 3
+    compile: bool = False  # torch.compile; its time is reported as the warm-up, never timed
+    warmup: int = 3  # untimed steps before the timed ones
+    steps: int = 10  # timed steps per repeat
+    repeats: int = 3  # repeats per subject (ABBA order with a baseline); the median is quoted
     mode: str = "both"  # train | infer | both
     split: bool = False  # report forward / backward / optimizer time separately
     baseline: str = "none"  # none | torchvision | bare
     peak_tflops: float = 0.0  # 0 = measure with a large matrix product (GPU only)
     data: bool = True  # also time the data path (loader alone, full epoch)
-    out: Optional[str] = None
+    data_batches: int = 32  # the data-path epoch: data.num_train = batch x this (0 = data.num_train)
+    out: Optional[str] = None  # write rows + environment to this .json or .csv (--out wins)
