@@ -68,3 +68,4 @@ class PlainConfig(ModelConfig):
     width: int = 256  # units (mlp) or channels (cnn)
     down: str = "maxpool"  # cnn only: maxpool | avgpool | strided, applied every `down_every` layers
     down_every: int = 0  # 0 = never down-sample inside the body
+    use_norm: bool = True  # false: no norm layers whatever norm= says (self-normalizing SELU nets)
