@@ -143,7 +143,7 @@ def test_named_sweep_progress_lines_and_failed_job_dir(tmp_path: Path) -> None:
     # the engine's slug turns the name's '-' into '_': the failed job's dir is still found
     assert res.jobs[1].status == "failed" and "_job01-" in res.jobs[1].run_dir
     assert (res.sweep_dir / res.jobs[1].run_dir).is_dir()
-    assert lines[0] == "sweep job 1/2: name=cmp seed=1"
+    assert lines[0] == "sweep job 1/2: seed=1"  # the swept values only
     assert lines[-1].startswith("sweep job 2/2 failed: the loss became non-finite")
 
 

@@ -152,13 +152,15 @@ def run_sweep(
     result = SweepResult(sweep_dir, list(overrides), [SweepJob(i, job) for i, (job, _) in enumerate(planned)])
     started = _dt.datetime.now().isoformat(timespec="seconds")
     _write(result, started)
+    common = set.intersection(*(set(j.overrides) for j in result.jobs)) if len(result.jobs) > 1 else set()
     for job, (job_overrides, cfg) in zip(result.jobs, planned):
         tag = f"job{job.index:02d}"
         name = f"{cfg.name}-{tag}" if cfg.get("name") else tag
         job.status = "running"
         _write(result, started)
-        if progress:
-            progress(f"sweep job {job.index + 1}/{len(result.jobs)}: {' '.join(job_overrides)}")
+        if progress:  # only the swept values: the rest is the same for every job
+            swept = [o for o in job_overrides if o not in common] or job_overrides
+            progress(f"sweep job {job.index + 1}/{len(result.jobs)}: {' '.join(swept)}")
         t0 = time.perf_counter()
         try:
             run = train_fn(cfg, job_overrides, out_dir=sweep_dir, dated=False, name=name)
