@@ -87,3 +87,23 @@ def test_no_runs_is_an_error(tmp_path: Path) -> None:
     res = runner.invoke(app, ["compare-runs", str(tmp_path / "empty")])
     assert res.exit_code == 2 and "no run directories found" in res.stderr
     assert "empty" in res.stderr  # the warning names the folder too
+
+
+def test_serve_prints_the_tensorboard_line(day: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import vaitrain.compare as cmp
+
+    started = []
+
+    class Done:  # stands in for the server process: wait() returns at once
+        def wait(self) -> int:
+            return 0
+
+        def terminate(self) -> None:
+            pass
+
+    monkeypatch.setattr(cmp, "start_tensorboard", lambda logdir, port: started.append((logdir, port)) or Done())
+    res = runner.invoke(app, ["compare-runs", str(day), "--serve", "--port", "0", "--format", "csv"])
+    assert res.exit_code == 0, res.stderr
+    (logdir, port), = started
+    assert logdir == day.resolve() and port > 0
+    assert f"tensorboard --logdir {day.resolve()} --host 127.0.0.1 --port {port}" in res.stderr
