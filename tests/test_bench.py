@@ -12,7 +12,7 @@ from torch import nn
 
 from vaitrain.bench.harness import OutOfMemoryAtBatchOne, Settings, Setup, Subject, measure
 from vaitrain.bench.baselines import plain_objective
-from vaitrain.bench.report import table, write_out
+from vaitrain.bench.report import notes, tables, write_out
 from vaitrain.bench.run import BenchReport, measurement_fields
 from vaitrain.models.flops import count_flops
 
@@ -190,9 +190,10 @@ def test_out_json_and_csv(tmp_path):
         write_out(rep, tmp_path / "b.txt")
 
 
-def test_table_marks_halved_batches_and_failures():
-    title, cols, cells = table(report())
+def test_tables_mark_halved_batches_and_failures():
+    (title, cols, cells), *_ = tables(report())
     assert "test cpu" in title and "median of 3 x 2 steps" in title
     assert cells[0][cols.index("batch")] == "64*"
     assert cells[1][cols.index("train img/s")] == "-"
-    assert cells[1][cols.index("note")] == "model=unet: something broke"
+    assert notes(report()) == ["resnet20: out of memory at batch 128: batch halved to 64",
+                               "unet: FAILED: model=unet: something broke"]

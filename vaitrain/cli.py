@@ -181,14 +181,16 @@ def bench(
 ) -> None:
     """Training/inference img/s, step-time spread, peak memory, FLOPs and the data path; with
     bench.baseline=torchvision|bare a baseline side by side. A model that fails gets a row saying why."""
-    from vaitrain.bench import run_bench, table, write_out
+    from vaitrain.bench import notes, run_bench, tables
 
-    report = run_bench(list(overrides or []), multirun=multirun, progress=lambda line: typer.echo(line, err=True))
-    title, columns, rows = table(report)
-    console.print(_table(title, columns, rows))
-    target = out or report.out
-    if target:
-        typer.echo(f"wrote {write_out(report, target)}")
+    report = run_bench(list(overrides or []), multirun=multirun, out=str(out) if out else None,
+                       progress=lambda line: typer.echo(line, err=True))
+    for title, columns, rows in tables(report):
+        console.print(_table(title, columns, rows))
+    for line in notes(report):
+        typer.echo(line)
+    if report.out:
+        typer.echo(f"wrote {report.out}")
 
 
 @app.command("compare-runs")

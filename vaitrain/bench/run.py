@@ -179,35 +179,51 @@ def measurement_fields(m: Measurement, peak: Optional[float], baseline: str) -> 
     return row
 
 
-def jobs(overrides: Sequence[str], multirun: bool) -> list[DictConfig]:
-    """Every job's config, all composed (and validated) before the first one runs."""
+def jobs(overrides: Sequence[str], multirun: bool) -> list[tuple[str, DictConfig]]:
+    """(label, config) of every job, all composed (and validated) before the first one runs. The
+    label is the model's name plus the sweep values that differ between jobs (other than model=)."""
     from vaitrain.config import compose, expand_sweep
 
     lists = expand_sweep(overrides) if multirun else [list(overrides)]
-    return [compose(job) for job in lists]
+    common = set.intersection(*(set(job) for job in lists))
+    out = []
+    for job in lists:
+        cfg = compose(job)
+        varying = [o for o in job if o not in common and not o.startswith("model=")]
+        out.append((" ".join([str(cfg.model.name), *varying]), cfg))
+    return out
 
 
-def run_bench(overrides: Sequence[str] = (), multirun: bool = False, progress: Progress = None) -> BenchReport:
-    """Benchmark each job (one per model of a sweep); the report holds a row per job."""
+def run_bench(overrides: Sequence[str] = (), multirun: bool = False, progress: Progress = None,
+              out: Optional[str] = None) -> BenchReport:
+    """Benchmark each job (one per model of a sweep); the report holds a row per job. With `out`
+    (or bench.out) the .json/.csv file is rewritten after every row, so an interrupted sweep
+    keeps the rows it finished."""
     from vaitrain.bench.environment import environment
     from vaitrain.bench.peak import measured_peak_tflops
+    from vaitrain.bench.report import check_out, write_out
     from vaitrain.engine.device import resolve_device
 
-    cfgs = jobs(overrides, multirun)
-    first = cfgs[0]
+    labelled = jobs(overrides, multirun)
+    first = labelled[0][1]
+    target = out or first.bench.out
+    if target:
+        check_out(target)
     device = resolve_device(str(first.trainer.device))
     if int(first.trainer.threads):
         torch.set_num_threads(int(first.trainer.threads))
-    rows = []
-    for i, cfg in enumerate(cfgs, 1):
+    bench_node = OmegaConf.to_container(first.bench, resolve=True)
+    assert isinstance(bench_node, dict)
+    report = BenchReport([], environment(device), bench_node, out=str(target) if target else None)
+    for i, (label, cfg) in enumerate(labelled, 1):
         settings = bench_settings(cfg, device)
         peak = float(cfg.bench.peak_tflops) or None
         if peak is None and device.type == "cuda":
             peak = measured_peak_tflops(device, settings.precision)
         if progress:
-            progress(f"[{i}/{len(cfgs)}] {cfg.model.name}: batch {batch_size(cfg)}, "
+            progress(f"[{i}/{len(labelled)}] {label}: batch {batch_size(cfg)}, "
                      f"{int(cfg.bench.image_size or cfg.data.image_size)} px, {settings.precision}")
-        rows.append(bench_job(cfg, device, peak))
-    bench_node = OmegaConf.to_container(first.bench, resolve=True)
-    assert isinstance(bench_node, dict)
-    return BenchReport(rows, environment(device), bench_node, out=first.bench.out)
+        report.rows.append({"label": label, **bench_job(cfg, device, peak)})
+        if target:
+            write_out(report, target)
+    return report
