@@ -8,7 +8,8 @@ from typing import List, Optional
 @dataclass
 class DataConfig:
     name: str = "shapes"
-    root: str = "data"  # where downloadable / folder datasets live
+    root: str = "data"  # where downloadable / folder datasets live (csv_regression: a CSV file or folder)
+    download: bool = True  # torchvision sets: try to download missing files (false: only say where to put them)
     image_size: int = 32  # shapes: generated size; others: resize/crop target (0 = native)
     num_train: int = 5000  # shapes: scenes generated; others: cap on samples (0 = all)
     num_val: int = 1000
@@ -21,7 +22,7 @@ class DataConfig:
     augment: bool = True  # random crop with padding + horizontal flip on the device
     crop_padding: int = 4
     flip: bool = True
-    device_resident: str = "auto"  # auto | true | false: keep the decoded dataset on the device
+    device_resident: str = "auto"  # auto (up to 2 GB decoded) | true | false (stream via DataLoader workers)
     num_workers: int = 2  # streaming loader only
     noise: float = 0.05  # shapes: pixel noise std
     variant: str = "standard"  # shapes: standard | ambiguous

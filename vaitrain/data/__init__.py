@@ -1,0 +1,132 @@
+"""Datasets, normalization statistics and device-side loaders (see docs/ARCHITECTURE.md, `data`).
+
+`build_data` looks the dataset up by data.name in the source registry (`base.SOURCES`), lets it
+decode (or describe, for streaming) its splits, computes or checks the normalization statistics
+and wraps each split in a loader yielding normalized `(x, y)` on the device.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from vaitrain.data import folders, shapes, torchvision_sets  # noqa: F401  (register the sources)
+from vaitrain.data.base import SOURCES, Source, TensorSplit, check_task, resident_mode
+from vaitrain.data.loader import DeviceLoader, StreamLoader, TensorDataset, Transform, iterate_raw
+from vaitrain.data.stats import check_stats, chunks, image_stats, target_stats
+from vaitrain.errors import ConfigError
+
+__all__ = ["DataBundle", "build_data", "list_datasets"]
+
+
+@dataclass
+class DataBundle:
+    train: Any  # loader: iterating yields (x, y) on the device
+    val: Any
+    in_channels: int
+    image_size: int
+    num_classes: int  # classification: classes; segmentation: classes including background (0)
+    target_dim: int  # regression
+    class_names: list[str]
+    stats: dict[str, torch.Tensor]  # mean, std (+ target_mean, target_std for regression), CPU
+    target_names: list[str] = field(default_factory=list)  # regression: a name per target column
+    name: str = ""
+    task: str = ""
+
+
+def list_datasets() -> list[str]:
+    return sorted(SOURCES)
+
+
+def build_data(data_cfg: Any, task_name: str, *, device: Any, batch_size: int, val_batch_size: int, seed: int,
+               stats: dict | None = None, rank: int = 0, world_size: int = 1) -> DataBundle:
+    """Build the train/val loaders of data_cfg for task_name.
+
+    batch_size and val_batch_size are global: each of the world_size ranks gets 1/world_size of
+    every batch (see loader.py). `stats` (from a checkpoint) replace the computed statistics.
+    """
+    device = torch.device(device)
+    name = str(data_cfg.name)
+    entry = check_task(name, task_name)
+    if batch_size % world_size:
+        raise ConfigError(
+            f"trainer.batch_size={batch_size} is not divisible by {world_size} processes: the global batch is split evenly"
+        )
+    if str(data_cfg.variant) != "standard" and name != "shapes":
+        raise ConfigError(f"data.variant={data_cfg.variant} exists only for data=shapes")
+    src: Source = entry.builder(data_cfg, task_name)
+    n_train = len(src.train)  # type: ignore[arg-type]
+    if n_train < batch_size:
+        raise ConfigError(
+            f"trainer.batch_size={batch_size} is larger than the training split of data={name} ({n_train} samples): "
+            "lower trainer.batch_size or raise data.num_train"
+        )
+    train, val = (_place(s, data_cfg, device) for s in (src.train, src.val))
+    if stats is not None:
+        stats = check_stats(stats, channels=src.in_channels, image_size=src.image_size, target_dim=src.target_dim)
+    else:
+        stats = _compute_stats(train, data_cfg, task_name, src, device)
+    transform = Transform(
+        task=task_name, mean=stats["mean"], std=stats["std"],
+        target_mean=stats.get("target_mean"), target_std=stats.get("target_std"),
+        augment=bool(data_cfg.augment) and task_name != "regression",  # see loader.py
+        pad=int(data_cfg.crop_padding), flip=bool(data_cfg.flip),
+    )
+    common = dict(seed=seed, rank=rank, world_size=world_size, device=device)
+    return DataBundle(
+        train=_loader(train, transform, data_cfg, train=True, batch_size=batch_size, **common),
+        val=_loader(val, transform, data_cfg, train=False, batch_size=val_batch_size, **common),
+        in_channels=src.in_channels,
+        image_size=src.image_size,
+        num_classes=src.num_classes,
+        target_dim=src.target_dim,
+        class_names=list(src.class_names),
+        stats=stats,
+        target_names=list(src.target_names),
+        name=name,
+        task=task_name,
+    )
+
+
+def _place(split: Any, cfg: Any, device: torch.device) -> Any:
+    """A decoded split goes to the device unless data.device_resident says otherwise (then it is
+    streamed from host memory); a dataset stays a dataset."""
+    if isinstance(split, TensorSplit) and resident_mode(cfg, split.nbytes):
+        return TensorSplit(split.images.to(device), split.targets.to(device))
+    if isinstance(split, TensorSplit):
+        return TensorDataset(split)
+    return split
+
+
+def _loader(split: Any, transform: Transform, cfg: Any, **kw: Any) -> DeviceLoader | StreamLoader:
+    if isinstance(split, TensorSplit):
+        return DeviceLoader(split, transform, **kw)
+    return StreamLoader(split, transform, num_workers=int(cfg.num_workers), **kw)
+
+
+def _compute_stats(train: Any, cfg: Any, task: str, src: Source, device: torch.device) -> dict[str, torch.Tensor]:
+    mode = str(cfg.normalize)
+    regression = task == "regression"
+    standardize = regression and bool(cfg.standardize_targets)
+    if isinstance(train, TensorSplit):
+        images, targets = chunks(train.images), chunks(train.targets)
+    elif mode == "none" and not standardize:
+        images, targets = iter(()), iter(())
+    else:  # one streamed pass over the training split; the (small) targets are kept on the side
+        collected: list[torch.Tensor] = []
+
+        def stream() -> Any:
+            for x, y in iterate_raw(train, num_workers=int(cfg.num_workers)):
+                collected.append(y)
+                yield x
+
+        images, targets = stream(), collected
+        if mode == "none":
+            for _ in images:
+                pass
+    out = {}
+    out["mean"], out["std"] = image_stats(images, mode, src.in_channels)
+    if regression:
+        out["target_mean"], out["target_std"] = target_stats(targets, standardize, src.target_dim)
+    return out

@@ -1,0 +1,115 @@
+"""Types shared by the dataset sources and the loaders, and the source registry.
+
+A *source* (shapes, a torchvision set, a folder) turns the data config into a `Source`: two splits,
+each either decoded (`TensorSplit`: uint8 images + compact targets, on the CPU) or a map-style
+`torch.utils.data.Dataset` yielding `(uint8 C,H,W tensor, target)` for data too large to decode
+up front. `build_data` (in `__init__`) turns a Source into loaders.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from vaitrain.errors import ConfigError
+
+TASKS = ("classification", "segmentation", "regression")
+
+# Above this many bytes of decoded uint8 data, data.device_resident=auto streams instead.
+RESIDENT_LIMIT_BYTES = 2 * 1024**3
+
+
+@dataclass
+class TensorSplit:
+    """A decoded split. images: uint8 (N,C,H,W). targets: int64 (N,) class indices, uint8 (N,H,W)
+    masks (0 = background, 255 = ignore) or float32 (N,D) raw regression targets."""
+
+    images: torch.Tensor
+    targets: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        return self.images.numel() * self.images.element_size() + self.targets.numel() * self.targets.element_size()
+
+
+Split = Union[TensorSplit, Dataset]
+
+
+@dataclass
+class Source:
+    """What a dataset source hands to build_data."""
+
+    train: Split
+    val: Split
+    in_channels: int
+    image_size: int
+    num_classes: int = 0  # classification: classes; segmentation: classes including background
+    target_dim: int = 0  # regression
+    class_names: list[str] = field(default_factory=list)
+    target_names: list[str] = field(default_factory=list)  # regression: one name per target column
+
+
+Builder = Callable[[Any, str], Source]
+
+
+@dataclass(frozen=True)
+class Entry:
+    builder: Builder
+    tasks: tuple[str, ...]
+
+
+SOURCES: dict[str, Entry] = {}
+
+
+def register(name: str, tasks: tuple[str, ...]) -> Callable[[Builder], Builder]:
+    """Register `builder(data_cfg, task_name) -> Source` under data.name=`name`."""
+
+    def deco(fn: Builder) -> Builder:
+        SOURCES[name] = Entry(fn, tasks)
+        return fn
+
+    return deco
+
+
+def check_task(name: str, task: str) -> Entry:
+    if name not in SOURCES:
+        from vaitrain.errors import closest_first
+
+        raise ConfigError(f"data.name={name} is not a dataset; choose one of: {', '.join(closest_first(name, SOURCES))}")
+    entry = SOURCES[name]
+    if task not in entry.tasks:
+        raise ConfigError(
+            f"data={name} has no {task} targets; use task={' or task='.join(entry.tasks)} or another data="
+        )
+    return entry
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed mixed from several integers (data seed, split, epoch ...), so that streams
+    for different splits or epochs never coincide."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def subset_indices(n: int, cap: int, seed: int, stream: int) -> torch.Tensor:
+    """Indices of a random subset of `cap` out of `n` (all of them when cap is 0 or >= n), sorted so
+    the subset keeps the dataset's order; deterministic for (seed, stream)."""
+    if cap <= 0 or cap >= n:
+        return torch.arange(n)
+    g = torch.Generator().manual_seed(derive_seed(seed, stream, 0x5B))
+    return torch.randperm(n, generator=g)[:cap].sort().values
+
+
+def resident_mode(cfg: Any, estimated_bytes: int) -> bool:
+    """Whether to decode the data once (True) or stream it (False), from data.device_resident."""
+    mode = str(cfg.device_resident).lower()
+    if mode == "true":
+        return True
+    if mode == "false":
+        return False
+    return estimated_bytes <= RESIDENT_LIMIT_BYTES
