@@ -1,0 +1,320 @@
+"""Datasets from the user's own files.
+
+- image_folder (classification): data.root/train/<class>/*.png and data.root/val/<class>/ (val/
+  may also be called valid/, validation/ or test/), or data.root/<class>/ split by data.val_fraction.
+- seg_folder (segmentation): data.root/images/* with data.root/masks/<same stem>.png, or the same
+  under data.root/train/ and data.root/val/. Masks hold class indices (grayscale or palette PNG;
+  0 = background, 255 = ignore) or are binary 0/255, read as 0/1 when every mask has only 0 and 255.
+- csv_regression (regression): data.root is a CSV file (split by data.val_fraction) or a folder with
+  train.csv and val.csv; a header row, an image path column (path, image, file or filename; else the
+  first column; relative to the CSV's folder) and numeric target columns (data.target_columns, or
+  all the others).
+
+Images are converted to grayscale (1 channel) when the first training image is grayscale, else RGB,
+and resized to data.image_size (0 = native: then all must have one size). Folders whose decoded
+size fits data.device_resident (auto: up to 2 GB) are decoded once; larger ones stream, decoded
+by DataLoader workers each epoch. Bad files raise DataError naming the file.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from vaitrain.data.base import Source, TensorSplit, derive_seed, register, resident_mode, subset_indices
+from vaitrain.data.images import image_mode, image_size_of, is_image, load_image, load_pair, parallel_map, stack
+from vaitrain.errors import DataError
+
+_VAL_DIRS = ("val", "valid", "validation", "test")
+_MASK_EXTS = (".png", ".bmp", ".tif", ".tiff", ".gif")
+_PATH_COLUMNS = ("path", "image", "file", "filename")
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image(p))
+
+
+def _root(cfg: Any, what: str, layout: str) -> Path:
+    root = Path(str(cfg.root)).expanduser()
+    if not root.exists():
+        raise DataError(f"data.root={root} does not exist: point data.root at {layout} for data={what}")
+    return root
+
+
+def _val_dir(root: Path) -> Path | None:
+    return next((root / d for d in _VAL_DIRS if (root / d).is_dir()), None)
+
+
+def _holdout(n: int, cfg: Any, what: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train and val index sets of a single tree, split by data.val_fraction (seeded by data.seed)."""
+    if n < 2:
+        raise DataError(f"{what} has {n} sample(s): a train/val split needs at least 2")
+    n_val = min(n - 1, max(1, round(n * float(cfg.val_fraction))))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(int(cfg.seed), 0x7A)))
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+def _cap(items: Sequence[Any], cap: int, cfg: Any, stream: int) -> list[Any]:
+    return [items[i] for i in subset_indices(len(items), cap, int(cfg.seed), stream).tolist()]
+
+
+def _decoded_bytes(n: int, channels: int, size: int, first: Path) -> int:
+    w, h = (size, size) if size else image_size_of(first)
+    return n * channels * w * h
+
+
+class FileDataset(Dataset):
+    """Images (and masks) decoded per item: the streaming path for large folders."""
+
+    def __init__(self, paths: Sequence[Path], targets: Any, mode: str, size: int,
+                 masks: Sequence[Path] | None = None, binary: bool = False):
+        self.paths, self.targets, self.mode, self.size = list(paths), targets, mode, size
+        self.masks, self.binary = (list(masks) if masks is not None else None), binary
+        self.shape: tuple[int, ...] | None = None if size else tuple(load_image(self.paths[0], mode, 0).shape)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, Any]:
+        if self.masks is not None:
+            x, y = load_pair(self.paths[i], self.masks[i], self.mode, self.size)
+            if self.binary:
+                y = (y == 255).to(torch.uint8)
+        else:
+            x, y = load_image(self.paths[i], self.mode, self.size), self.targets[i]
+        if self.shape is not None and tuple(x.shape) != self.shape:
+            raise DataError(
+                f"images differ in size ({self.paths[0]} is {self.shape[2]}x{self.shape[1]}, {self.paths[i]} is "
+                f"{x.shape[2]}x{x.shape[1]}): set data.image_size=N to resize them all"
+            )
+        return x, y
+
+
+def _decode(paths: Sequence[Path], mode: str, size: int) -> torch.Tensor:
+    return stack(parallel_map(lambda i: load_image(paths[i], mode, size), len(paths)), paths)
+
+
+def _split_of(paths: list[Path], targets: Any, mode: str, size: int, resident: bool) -> TensorSplit | FileDataset:
+    if not resident:
+        return FileDataset(paths, targets, mode, size)
+    return TensorSplit(_decode(paths, mode, size), torch.as_tensor(targets))
+
+
+# ---------------------------------------------------------------- image_folder (classification)
+
+def _scan_classes(folder: Path, classes: list[str] | None) -> tuple[list[Path], list[int], list[str]]:
+    found = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if classes is None:
+        classes = found
+    else:
+        unknown = [c for c in found if c not in classes]
+        if unknown:
+            raise DataError(f"{folder / unknown[0]} is a class missing from the training folder {folder.parent}")
+    paths, labels = [], []
+    for k, name in enumerate(classes):
+        if (folder / name).is_dir():
+            files = _images_in(folder / name)
+            paths += files
+            labels += [k] * len(files)
+    return paths, labels, classes
+
+
+_IMAGE_FOLDER_LAYOUT = "a folder with train/<class>/*.png and val/<class>/*.png (or <class>/*.png, split by data.val_fraction)"
+
+
+@register("image_folder", ("classification",))
+def build_image_folder(cfg: Any, task: str) -> Source:
+    root = _root(cfg, "image_folder", _IMAGE_FOLDER_LAYOUT)
+    val_dir = _val_dir(root)
+    tr_paths: list[Path] = []
+    va_paths: list[Path] = []
+    if (root / "train").is_dir() and val_dir is not None:
+        tr_paths, tr_labels, classes = _scan_classes(root / "train", None)
+        va_paths, va_labels, _ = _scan_classes(val_dir, classes)
+        where = root / "train"
+    else:
+        paths, labels, classes = _scan_classes(root, None)
+        where = root
+        if paths:
+            tr, va = _holdout(len(paths), cfg, root)
+            tr_paths, tr_labels = [paths[i] for i in tr], [labels[i] for i in tr]
+            va_paths, va_labels = [paths[i] for i in va], [labels[i] for i in va]
+    if not classes or not tr_paths:
+        raise DataError(f"no images found under {where}: expected {where}/<class>/*.png (or .jpg ...) folders")
+    if not va_paths:
+        raise DataError(f"no images found under {val_dir}: expected {val_dir}/<class>/*.png folders")
+    tr = _cap(list(zip(tr_paths, tr_labels)), int(cfg.num_train), cfg, 1)
+    va = _cap(list(zip(va_paths, va_labels)), int(cfg.num_val), cfg, 2)
+    mode, size = image_mode(tr[0][0]), int(cfg.image_size)
+    channels = 1 if mode == "L" else 3
+    resident = resident_mode(cfg, _decoded_bytes(len(tr) + len(va), channels, size, tr[0][0]))
+    train = _split_of([p for p, _ in tr], [y for _, y in tr], mode, size, resident)
+    val = _split_of([p for p, _ in va], [y for _, y in va], mode, size, resident)
+    n_cls = max(int(cfg.num_classes), len(classes))
+    return Source(train=train, val=val, in_channels=channels, image_size=_size_of(train, size),
+                  num_classes=n_cls, class_names=classes + [str(k) for k in range(len(classes), n_cls)])
+
+
+def _size_of(split: Any, size: int) -> int:
+    """The side of the (square) images: data.image_size, or the native size of them all."""
+    if size:
+        return size
+    h, w = split.images.shape[-2:] if isinstance(split, TensorSplit) else split.shape[-2:]
+    if h != w:
+        first = split.paths[0] if isinstance(split, FileDataset) else "the images"
+        raise DataError(f"{first} is {w}x{h}, not square: set data.image_size=N to resize the images to N x N")
+    return int(h)
+
+
+# ---------------------------------------------------------------- seg_folder (segmentation)
+
+def _pairs(folder: Path) -> list[tuple[Path, Path]]:
+    images_dir, masks_dir = folder / "images", folder / "masks"
+    if not images_dir.is_dir() or not masks_dir.is_dir():
+        raise DataError(f"{folder} needs images/ and masks/ folders (masks/<image stem>.png per image)")
+    pairs = []
+    for img in _images_in(images_dir):
+        rel = img.relative_to(images_dir).with_suffix("")
+        mask = next((masks_dir / rel.with_suffix(e) for e in _MASK_EXTS if (masks_dir / rel.with_suffix(e)).is_file()), None)
+        if mask is None:
+            raise DataError(f"no mask for image {img}: expected {masks_dir / rel.with_suffix('.png')}")
+        pairs.append((img, mask))
+    return pairs
+
+
+def _mask_values(masks: list[torch.Tensor]) -> torch.Tensor:
+    seen = torch.zeros(256, dtype=torch.bool)
+    for m in masks:
+        seen[torch.unique(m).long()] = True
+    return seen
+
+
+@register("seg_folder", ("segmentation",))
+def build_seg_folder(cfg: Any, task: str) -> Source:
+    root = _root(cfg, "seg_folder", "a folder with images/ and masks/ (or train/ and val/ each holding both)")
+    if (root / "train").is_dir():
+        val_dir = _val_dir(root)
+        if val_dir is None:
+            raise DataError(f"{root} has train/ but no val/ folder (images/ + masks/ inside each)")
+        tr, va = _pairs(root / "train"), _pairs(val_dir)
+    else:
+        pairs = _pairs(root)
+        if pairs:
+            itr, iva = _holdout(len(pairs), cfg, root)
+            tr, va = [pairs[i] for i in itr], [pairs[i] for i in iva]
+        else:
+            tr, va = [], []
+    if not tr or not va:
+        raise DataError(f"no images found under {root}: expected images/*.png with masks/<same name>.png")
+    tr, va = _cap(tr, int(cfg.num_train), cfg, 1), _cap(va, int(cfg.num_val), cfg, 2)
+    mode, size = image_mode(tr[0][0]), int(cfg.image_size)
+    channels = 1 if mode == "L" else 3
+    resident = resident_mode(cfg, _decoded_bytes(len(tr) + len(va), channels + 1, size, tr[0][0]))
+    splits: list[Any] = []
+    masks_seen = torch.zeros(256, dtype=torch.bool)
+    for pairs in (tr, va):
+        imgs, masks = [p for p, _ in pairs], [m for _, m in pairs]
+        if resident:
+            decoded = parallel_map(lambda i: load_pair(imgs[i], masks[i], mode, size), len(pairs))
+            x, y = stack([d[0] for d in decoded], imgs), stack([d[1] for d in decoded], masks, "masks")
+            masks_seen |= _mask_values([y])
+            splits.append(TensorSplit(x, y))
+        else:  # value scan of the masks (small files) for the class count and the binary check
+            from vaitrain.data.images import load_mask
+
+            masks_seen |= _mask_values(parallel_map(lambda i: load_mask(masks[i], 0), len(masks)))
+            splits.append(FileDataset(imgs, None, mode, size, masks=masks))
+    values = masks_seen.nonzero().flatten().tolist()
+    binary = set(values) <= {0, 255}
+    if binary:  # 0/255 masks: foreground 1
+        for s in splits:
+            if isinstance(s, TensorSplit):
+                s.targets = (s.targets == 255).to(torch.uint8)
+            else:
+                s.binary = True
+        n_cls = 2
+    else:
+        n_cls = max(v for v in values if v != 255) + 1
+    n_cls = max(n_cls, int(cfg.num_classes))
+    names = ["background"] + [f"class{k}" for k in range(1, n_cls)]
+    return Source(train=splits[0], val=splits[1], in_channels=channels, image_size=_size_of(splits[0], size),
+                  num_classes=n_cls, class_names=names)
+
+
+# ---------------------------------------------------------------- csv_regression (regression)
+
+def _read_csv(path: Path, target_columns: list[str]) -> tuple[list[Path], torch.Tensor, list[str]]:
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"cannot read CSV {path}: {err}") from None
+    rows = [r for r in rows if any(c.strip() for c in r)]
+    if len(rows) < 2:
+        raise DataError(f"{path} has no data rows: expected a header (path,<targets>...) and one row per image")
+    header = [h.strip() for h in rows[0]]
+    lower = [h.lower() for h in header]
+    path_col = next((lower.index(c) for c in _PATH_COLUMNS if c in lower), 0)
+    if target_columns:
+        missing = [c for c in target_columns if c not in header]
+        if missing:
+            raise DataError(f"{path} has no column '{missing[0]}' (data.target_columns); its columns: {', '.join(header)}")
+        cols = [header.index(c) for c in target_columns]
+    else:
+        cols = [i for i in range(len(header)) if i != path_col]
+    if not cols:
+        raise DataError(f"{path} has no target columns besides the path column '{header[path_col]}'")
+    paths, values = [], []
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) < len(header):
+            raise DataError(f"{path}:{line} has {len(row)} fields, the header has {len(header)}")
+        img = (path.parent / row[path_col].strip()).resolve()
+        if not img.is_file():
+            raise DataError(f"missing file {img} (listed in {path}:{line})")
+        try:
+            values.append([float(row[c]) for c in cols])
+        except ValueError:
+            bad = next(c for c in cols if not _is_float(row[c]))
+            raise DataError(f"{path}:{line}: column '{header[bad]}' value '{row[bad]}' is not a number") from None
+        paths.append(img)
+    return paths, torch.tensor(values, dtype=torch.float32), [header[c] for c in cols]
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+@register("csv_regression", ("regression",))
+def build_csv_regression(cfg: Any, task: str) -> Source:
+    root = _root(cfg, "csv_regression", "a CSV file (path,<targets>...) or a folder with train.csv and val.csv")
+    columns = [str(c) for c in cfg.target_columns]
+    if root.is_dir():
+        if not (root / "train.csv").is_file() or not (root / "val.csv").is_file():
+            raise DataError(f"{root} needs train.csv and val.csv (or set data.root to one CSV file, split by data.val_fraction)")
+        tr_paths, tr_y, names = _read_csv(root / "train.csv", columns)
+        va_paths, va_y, va_names = _read_csv(root / "val.csv", columns)
+        if va_names != names:
+            raise DataError(f"{root / 'val.csv'} has target columns {va_names}, train.csv has {names}")
+    else:
+        paths, y, names = _read_csv(root, columns)
+        itr, iva = _holdout(len(paths), cfg, root)
+        tr_paths, tr_y = [paths[i] for i in itr], y[itr]
+        va_paths, va_y = [paths[i] for i in iva], y[iva]
+    itr = subset_indices(len(tr_paths), int(cfg.num_train), int(cfg.seed), 1)
+    iva = subset_indices(len(va_paths), int(cfg.num_val), int(cfg.seed), 2)
+    tr_paths, tr_y = [tr_paths[i] for i in itr.tolist()], tr_y[itr]
+    va_paths, va_y = [va_paths[i] for i in iva.tolist()], va_y[iva]
+    mode, size = image_mode(tr_paths[0]), int(cfg.image_size)
+    channels = 1 if mode == "L" else 3
+    resident = resident_mode(cfg, _decoded_bytes(len(tr_paths) + len(va_paths), channels, size, tr_paths[0]))
+    train = _split_of(tr_paths, tr_y, mode, size, resident)
+    val = _split_of(va_paths, va_y, mode, size, resident)
+    return Source(train=train, val=val, in_channels=channels, image_size=_size_of(train, size),
+                  target_dim=len(names), target_names=names)
