@@ -315,3 +315,28 @@ def test_alrao_learns_a_separable_problem():
         opt.optimizer.step()
         opt.after_step()
     assert loss.item() < 0.5 * first
+
+
+@pytest.mark.parametrize("name", ["resnet20", "densenet40", "randwire_small", "selu_mlp", "plain_cnn"])
+def test_alrao_wraps_zoo_models(name):
+    """Each family's final layer is found, replaced by copies, and a step trains every part."""
+    from vaitrain.config import compose
+    from vaitrain.models import build_model
+
+    cfg = compose([f"model={name}", "optim=alrao", "optim.copies=3", "optim.lr_max=0.1", "sched=constant"])
+    torch.manual_seed(0)
+    net = build_model(cfg.model, cfg.norm, in_channels=3, num_outputs=5, image_size=16)
+    opt = build_optimization(cfg.optim, cfg.sched, net, TASK, steps_per_epoch=1, epochs=1)
+    x, y = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 4])
+    opt.model.train()
+    loss, out = opt.objective(opt.model, x, y)
+    loss.backward()
+    missing = [n for n, p in opt.model.named_parameters() if p.grad is None]
+    assert not missing, missing[:5]
+    opt.optimizer.step()
+    opt.after_step()
+    opt.model.eval()
+    with torch.no_grad():
+        out = opt.model(x)
+    assert out.shape == (4, 5)
+    torch.testing.assert_close(out.exp().sum(1), torch.ones(4))
