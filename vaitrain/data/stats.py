@@ -34,11 +34,13 @@ class _Moments:
         self.s = s if self.s is None else self.s + s
         self.s2 = s2 if self.s2 is None else self.s2 + s2
 
-    def result(self, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def result(self, scale: float, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """mean and std of x * scale; a std below floor becomes 1."""
         if self.s is None or self.n == 0:
             raise DataError("the training split is empty: cannot compute normalization statistics")
         mean = self.s / self.n
         std = (self.s2 / self.n - mean * mean).clamp_min(0).sqrt()
+        mean, std = mean * scale, std * scale
         std = torch.where(std < floor, torch.ones_like(std), std)
         return mean.float().cpu(), std.float().cpu()
 
@@ -50,8 +52,7 @@ def image_stats(batches: Iterable[torch.Tensor], mode: str, channels: int) -> tu
     moments = _Moments((0, 2, 3) if mode == "channel" else (0,))
     for x in batches:
         moments.add(x)
-    mean, std = moments.result(floor=1e-3 * 255)
-    return mean / 255.0, std / 255.0
+    return moments.result(scale=1 / 255, floor=1e-3)
 
 
 def target_stats(batches: Iterable[torch.Tensor], standardize: bool, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,7 +62,7 @@ def target_stats(batches: Iterable[torch.Tensor], standardize: bool, dim: int) -
     moments = _Moments((0,))
     for y in batches:
         moments.add(y)
-    return moments.result(floor=1e-8)
+    return moments.result(scale=1.0, floor=1e-8)
 
 
 def chunks(t: torch.Tensor, size: int = _CHUNK) -> Iterable[torch.Tensor]:
