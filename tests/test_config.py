@@ -67,7 +67,7 @@ def test_every_enumerated_value_composes():
 def test_defaults():
     cfg = compose([])
     assert cfg.model.name == "resnet20" and cfg.data.name == "shapes"
-    assert cfg.task.name == "classification" and cfg.optim.name == "sgd"
+    assert cfg.task.name == "classification" and cfg.optim.name == "adam"
 
 
 @pytest.mark.parametrize(
