@@ -79,20 +79,37 @@ def train(
         return
     from vaitrain.config import prepare
 
+    given = list(overrides)
     cfg, overrides = prepare(overrides)
     from vaitrain.engine import train as run_train
 
-    if int(cfg.trainer.devices) > 1 and "WORLD_SIZE" not in os.environ:
+    devices = int(cfg.trainer.devices)
+    if devices > 1 and "WORLD_SIZE" not in os.environ:
+        from vaitrain.engine.dist import check_setup
+        from vaitrain.engine.device import resolve_device
         from vaitrain.engine.launch import launch
 
-        raise typer.Exit(launch(int(cfg.trainer.devices), ["train", *overrides]))
-    result = run_train(cfg, overrides)
-    if "RANK" in os.environ and os.environ.get("RANK") != "0":
-        return
+        check_setup(devices, resolve_device(cfg.trainer.device), bool(cfg.trainer.sync_bn))
+        # each rank composes the same config from the same command line (and finds RANK set)
+        raise typer.Exit(launch(devices, ["train", *given]))
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        result = run_train(cfg, overrides)
+    except VaitrainError as err:
+        if not rank:
+            raise
+        from vaitrain.errors import TrainingError
+
+        if isinstance(err, TrainingError):  # every rank agreed on it; rank 0 says it
+            raise typer.Exit(2)
+        fail(f"[rank {rank}] {err}")
     if result.status == "stopped":
-        typer.echo(result.message, err=True)
+        if not rank:
+            typer.echo(result.message, err=True)
         if result.signal:
             raise typer.Exit(128 + result.signal)
+        return
+    if rank:
         return
     main_metric = next((k for k in result.metrics if k.startswith("val/") and k != "val/loss"), None)
     summary = f"done: {result.run_dir}"

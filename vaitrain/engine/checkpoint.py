@@ -20,6 +20,16 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     torch_save_atomic({"format": FORMAT, **state}, Path(path))
 
 
+def remove_partial_checkpoints(folder: Path) -> None:
+    """Delete temp files a killed save left behind (`.last.pt.<random>.tmp`); the checkpoints
+    themselves are only ever replaced whole, by rename."""
+    for tmp in Path(folder).glob(".*.pt.*.tmp"):
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
 def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():

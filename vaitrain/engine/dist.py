@@ -1,16 +1,23 @@
 """Distributed context: torchrun's environment -> process group, rank, DDP wrapping.
 
-One process (no RANK/WORLD_SIZE in the environment) is the plain case: rank 0 of 1.
+One process (no RANK/WORLD_SIZE in the environment) is the plain case: rank 0 of 1, and every
+helper here is a no-op. With several processes: NCCL on GPUs, gloo on CPU; small control values
+(stop flags, errors) travel over a gloo group on the CPU so agreeing on them never syncs a GPU.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as torch_dist
 from torch import nn
+
+from vaitrain.errors import ConfigError, DeviceError, VaitrainError
+
+T = TypeVar("T")
+_control: Any = None  # the gloo group for control values (None: the default group is gloo)
 
 
 @dataclass
@@ -41,48 +48,111 @@ def from_environment() -> DistContext:
 
 def device_for_rank(device: torch.device, ctx: DistContext) -> torch.device:
     if ctx.enabled and device.type == "cuda":
+        if ctx.local_rank >= torch.cuda.device_count():
+            raise DeviceError(
+                f"local rank {ctx.local_rank} has no GPU (this node has {torch.cuda.device_count()}); "
+                "start at most one process per GPU (--nproc_per_node / trainer.devices)"
+            )
         return torch.device("cuda", ctx.local_rank)
     return device
 
 
+def check_setup(devices: int, device: torch.device, sync_bn: bool) -> None:
+    """Refuse, before anything starts, a process count or option the machine cannot serve."""
+    if devices > 1 and device.type == "cuda" and devices > torch.cuda.device_count():
+        raise DeviceError(
+            f"trainer.devices={devices} but this machine has {torch.cuda.device_count()} GPU(s); "
+            "lower trainer.devices (or use torchrun --nnodes for several machines)"
+        )
+    if devices > 1 and sync_bn and device.type != "cuda":
+        raise ConfigError(
+            "trainer.sync_bn=true needs CUDA (torch's SyncBatchNorm runs on GPUs only); "
+            "on CPU use norm=group or norm=layer, or trainer.sync_bn=false"
+        )
+
+
 def init(ctx: DistContext, device: torch.device) -> None:
     """NCCL on GPUs, gloo on CPU; a no-op for one process."""
+    global _control
     if not ctx.enabled or torch_dist.is_initialized():
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
     torch_dist.init_process_group(backend=backend, rank=ctx.rank, world_size=ctx.world_size)
+    _control = torch_dist.new_group(backend="gloo") if backend != "gloo" else None
 
 
 def shutdown(ctx: DistContext) -> None:
+    global _control
     if ctx.enabled and torch_dist.is_initialized():
         torch_dist.destroy_process_group()
+        _control = None
 
 
 def wrap(model: nn.Module, ctx: DistContext, device: torch.device, sync_bn: bool) -> nn.Module:
+    """DDP around `model` (parameters stay shared, so `model` is what is checkpointed)."""
     if not ctx.enabled:
         return model
     if sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # replaces BN children in place
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
+def _ready() -> bool:
+    return torch_dist.is_available() and torch_dist.is_initialized()
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if torch_dist.is_available() and torch_dist.is_initialized():
+    if _ready():
         torch_dist.all_reduce(t, op=torch_dist.ReduceOp.SUM)
     return t
+
+
+def agree_max(value: int) -> int:
+    """The largest of every rank's `value` (a CPU all-reduce: stop signals, error flags)."""
+    if not _ready():
+        return value
+    t = torch.tensor([int(value)], dtype=torch.int64)
+    torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX, group=_control)
+    return int(t.item())
 
 
 def broadcast_object(obj: Any, ctx: DistContext) -> Any:
     if not ctx.enabled:
         return obj
     box = [obj]
-    torch_dist.broadcast_object_list(box, src=0)
+    torch_dist.broadcast_object_list(box, src=0, group=_control)
     return box[0]
 
 
+def on_main(fn: Callable[[], T], ctx: DistContext) -> T:
+    """Run `fn` on rank 0 only and hand its result to every rank. A VaitrainError there is raised
+    on every rank (the others would otherwise wait for a result that never comes)."""
+    result: Any = None
+    error: str | None = None
+    if ctx.is_main:
+        try:
+            result = fn()
+        except VaitrainError as err:
+            if not ctx.enabled:
+                raise
+            error = f"{type(err).__module__}.{type(err).__qualname__}\n{err}"
+    result, error = broadcast_object((result, error), ctx)
+    if error is not None:
+        raise _rebuild(error)
+    return result
+
+
+def _rebuild(error: str) -> VaitrainError:
+    import vaitrain.errors as errors
+
+    qualname, _, message = error.partition("\n")
+    cls = getattr(errors, qualname.rpartition(".")[2], VaitrainError)
+    return cls(message) if isinstance(cls, type) and issubclass(cls, VaitrainError) else VaitrainError(message)
+
+
 def barrier(ctx: DistContext) -> None:
-    if ctx.enabled and torch_dist.is_initialized():
-        torch_dist.barrier()
+    if ctx.enabled and _ready():
+        torch_dist.barrier(group=_control)

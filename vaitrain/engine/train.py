@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from vaitrain.config import to_yaml
 from vaitrain.engine import dist
 from vaitrain.engine.artifacts import save_model_artifacts
-from vaitrain.engine.checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from vaitrain.engine.checkpoint import check_compatible, load_checkpoint, remove_partial_checkpoints, save_checkpoint
 from vaitrain.engine.components import Components, build_components
 from vaitrain.engine.device import autocast, resolve_device, resolve_precision, rng_state, seed_everything, set_rng_state
 from vaitrain.engine.evaluate import run_validation
@@ -30,6 +30,9 @@ from vaitrain.track import rundir
 from vaitrain.track.metrics_log import MetricsLog, truncate_after_step
 from vaitrain.track.progress import Progress
 from vaitrain.track.tb import TBWriter
+
+
+MIN_LOSS_SCALE = 1.0  # fp16: overflow after overflow down to this scale means a diverged run
 
 
 @dataclass
@@ -97,6 +100,7 @@ class Trainer:
         self.overrides = overrides
         self.ctx = dist.from_environment()
         self.device = dist.device_for_rank(resolve_device(cfg.trainer.device), self.ctx)
+        dist.check_setup(self.ctx.world_size, self.device, bool(cfg.trainer.sync_bn))
         self.precision = resolve_precision(cfg.trainer.precision, self.device)
         if cfg.trainer.threads:
             torch.set_num_threads(int(cfg.trainer.threads))
@@ -122,12 +126,13 @@ class Trainer:
             ckpt_path = self.run_dir / rundir.CKPT_DIR / "last.pt"  # type: ignore[operator]
             check_compatible(ckpt_path, self.resume_state, self.model, cfg.model.name, cfg.task.name)
 
-        # Only now, with everything built and checked, is anything written.
-        if self.ctx.is_main and self.run_dir is None:
+        # Only now, with everything built and checked, is anything written: rank 0 makes the one
+        # run directory and tells the other ranks where it is (or the error, on every rank).
+        if self.run_dir is None:
             base = Path(out_dir) if out_dir is not None else Path(cfg.out_dir)
-            self.run_dir = rundir.create_run_dir(base, cfg.model.name, cfg.data.name, name or cfg.name, dated=dated)
-            rundir.write_run_files(self.run_dir, to_yaml(cfg), overrides, self.device)
-        self.run_dir = dist.broadcast_object(self.run_dir, self.ctx)
+            self.run_dir = dist.on_main(lambda: self._new_run_dir(base, name or cfg.name, dated), self.ctx)
+        elif self.ctx.is_main:
+            remove_partial_checkpoints(self.run_dir / rundir.CKPT_DIR)
 
         self.step_model = dist.wrap(self.model, self.ctx, self.device, bool(cfg.trainer.sync_bn))
         if cfg.trainer.compile:
@@ -138,9 +143,15 @@ class Trainer:
         self.step = 0  # optimizer steps
         self.best: dict[str, Any] = {"value": None, "epoch": 0}
         self.skipped_steps = 0
+        self.stop_signum = 0  # a stop signal every rank agreed on (0: none)
         self.params = sum(p.numel() for p in self.c.model.parameters())
         if self.resume_state is not None:
             self._restore(self.resume_state)
+
+    def _new_run_dir(self, base: Path, name: str, dated: bool) -> Path:
+        run = rundir.create_run_dir(base, self.cfg.model.name, self.cfg.data.name, name, dated=dated)
+        rundir.write_run_files(run, to_yaml(self.cfg), self.overrides, self.device)
+        return run
 
     # ----- checkpoints -------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -207,7 +218,7 @@ class Trainer:
             with stop.installed():
                 while self.epoch < epochs:
                     train_metrics = self._train_epoch(progress, tb, log, stop)
-                    if stop.signum:
+                    if self.stop_signum:
                         status = "stopped"
                         break
                     self.epoch += 1
@@ -253,7 +264,7 @@ class Trainer:
         if status == "stopped":
             how = f"vaitrain train resume={run_dir}"
             message = f"stopped after epoch {self.epoch}, step {self.step}; continue with: {how}"
-        return RunResult(run_dir, status, last, self.epoch, self.step, message, stop.signum)
+        return RunResult(run_dir, status, last, self.epoch, self.step, message, self.stop_signum)
 
     def _update_best(self, val: dict[str, float]) -> bool:
         key = f"val/{self.c.task.main_metric}"
@@ -289,7 +300,8 @@ class Trainer:
 
         loss_sum = torch.zeros((), device=self.device)
         epoch_loss_sum = torch.zeros((), device=self.device)
-        bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        bad = torch.zeros((), dtype=torch.bool, device=self.device)  # a non-finite loss this epoch
+        step_bad = torch.zeros((), dtype=torch.bool, device=self.device)  # ... in this optimizer step
         loss_count = epoch_count = images = 0
         t_start = time.perf_counter()
         it = iter(loader)
@@ -303,12 +315,14 @@ class Trainer:
                 stats_every > 0 and tb is not None and (b + 1) % accum == 0 and (self.step + 1) % stats_every == 0
             )
             hooks = LayerStats(self.model) if record_stats else None
-            with (hooks if hooks is not None else _null()):
+            # DDP all-reduces gradients only on the micro-batch that ends an accumulation
+            defer_sync = self.ctx.enabled and (b + 1) % accum != 0
+            with (hooks if hooks is not None else _null()), (self.step_model.no_sync() if defer_sync else _null()):
                 with autocast(self.precision, self.device):
                     loss, _out = opt.objective(self.step_model, x, y)
                 self.scaler.scale(loss / accum).backward()
             loss_d = loss.detach().float()
-            bad |= ~torch.isfinite(loss_d)
+            step_bad |= ~torch.isfinite(loss_d)
             loss_sum += loss_d
             epoch_loss_sum += loss_d
             loss_count += 1
@@ -319,14 +333,9 @@ class Trainer:
             if clip > 0:
                 self.scaler.unscale_(opt.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-            if self.precision == "fp16":
-                before = self.scaler.get_scale()
-                self.scaler.step(opt.optimizer)
-                self.scaler.update()
-                if self.scaler.get_scale() < before:
-                    self.skipped_steps += 1  # overflow: the scaler skipped this step
-            else:
-                opt.optimizer.step()
+            if not self._optimizer_step(opt.optimizer):
+                bad |= step_bad
+            step_bad.zero_()
             if hooks is not None and tb is not None:
                 tb.scalars(hooks.scalars(), self.step + 1)
                 for tag, values in hooks.histograms().items():
@@ -336,10 +345,11 @@ class Trainer:
             opt.after_step()
             self.step += 1
             self.batch_in_epoch = b + 1
-            if self.step % log_every == 0 or ckpt_every and self.step % ckpt_every == 0 or stop.signum:
+            stopping = self._agree_stop(stop)
+            if self.step % log_every == 0 or ckpt_every and self.step % ckpt_every == 0 or stopping:
                 self._check_finite(bad)
             if self.step % log_every == 0:
-                value = (loss_sum / loss_count).item()
+                value = self._mean_over_ranks(loss_sum, loss_count)
                 loss_sum.zero_()
                 loss_count = 0
                 lr = opt.optimizer.param_groups[0]["lr"]
@@ -352,7 +362,7 @@ class Trainer:
             progress.advance(accum)
             if ckpt_every and self.step % ckpt_every == 0:
                 self._save("last.pt")
-            if stop.signum:
+            if stopping:
                 self._save("last.pt")
                 progress.finish()
                 return {}
@@ -364,15 +374,45 @@ class Trainer:
         lr = opt.optimizer.param_groups[0]["lr"]
         lr = float(lr.max()) if torch.is_tensor(lr) else float(lr)
         img_s = images * self.ctx.world_size / max(seconds, 1e-9)
-        train_loss = (epoch_loss_sum / max(epoch_count, 1)).item()
+        train_loss = self._mean_over_ranks(epoch_loss_sum, epoch_count)
         return {"train/loss": train_loss, "lr": lr, "throughput": img_s, "epoch_time": seconds}
 
+    def _optimizer_step(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Step; True when fp16's grad scaler skipped the step as an overflow (counted, not fatal,
+        while the loss scale stays >= MIN_LOSS_SCALE; below it the values themselves are broken)."""
+        if self.precision != "fp16":
+            optimizer.step()
+            return False
+        before = self.scaler.get_scale()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        if self.scaler.get_scale() >= before:
+            return False
+        self.skipped_steps += 1
+        return self.scaler.get_scale() >= MIN_LOSS_SCALE
+
+    def _agree_stop(self, stop: _StopFlag) -> bool:
+        """Whether to stop after this step. Every rank stops at the same step: a signal that
+        reached any rank stops all of them (one small CPU all-reduce per step when distributed)."""
+        self.stop_signum = dist.agree_max(stop.signum)
+        return bool(self.stop_signum)
+
+    def _mean_over_ranks(self, total: torch.Tensor, count: int) -> float:
+        if not self.ctx.enabled:
+            return (total / max(count, 1)).item()
+        both = dist.all_reduce_sum(torch.stack([total.float(), torch.tensor(float(count), device=total.device)]))
+        return (both[0] / both[1].clamp(min=1)).item()
+
     def _check_finite(self, bad: torch.Tensor) -> None:
-        if bool(bad.item()):
+        """Stop every rank once a loss (since the last check) or a weight is NaN/inf. Runs before
+        each checkpoint, so a diverged model never replaces a good last.pt."""
+        weights_ok = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()
+        code = dist.agree_max(2 if bad.item() else 0 if weights_ok.item() else 1)  # 2: a loss, 1: weights
+        if code:
             last = self.run_dir / rundir.CKPT_DIR / "last.pt"  # type: ignore[operator]
             where = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
             raise TrainingError(
-                f"the loss became non-finite (NaN/inf) by step {self.step}; {where}; "
+                f"the {'loss' if code == 2 else 'weights'} became non-finite (NaN/inf) by step {self.step}; {where}; "
                 "lower optim.lr, set optim.grad_clip, or use trainer.precision=fp32"
             )
 
