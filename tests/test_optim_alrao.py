@@ -340,3 +340,8 @@ def test_alrao_wraps_zoo_models(name):
         out = opt.model(x)
     assert out.shape == (4, 5)
     torch.testing.assert_close(out.exp().sum(1), torch.ones(4))
+
+
+def test_switch_state_starts_on_the_models_device():
+    wrapped = AlraoModel(Net().to("meta"), 3)  # stands in for a model already moved to a GPU
+    assert {b.device.type for b in wrapped.buffers()} == {"meta"}

@@ -128,10 +128,12 @@ class AlraoModel(nn.Module):
         self.final_layer = f"model.{name}"
         # Switch state (Algorithm 1 of van Erven et al.): row 0 "a" weights, row 1 "b" weights.
         # float64: the posterior must stay normalized over many thousands of updates.
-        prior = torch.tensor([[SWITCH_THETA], [1 - SWITCH_THETA]], dtype=torch.float64)
+        dev = next(model.parameters()).device  # the buffers start where the model already is
+        prior = torch.tensor([[SWITCH_THETA], [1 - SWITCH_THETA]], dtype=torch.float64, device=dev)
         self.register_buffer("switch_logw", (prior.log() - math.log(copies)).expand(2, copies).clone())
-        self.register_buffer("switch_t", torch.ones((), dtype=torch.int64))
-        self.register_buffer("log_posterior", torch.full((copies,), -math.log(copies), dtype=torch.float64))
+        self.register_buffer("switch_t", torch.ones((), dtype=torch.int64, device=dev))
+        self.register_buffer("log_posterior", torch.full((copies,), -math.log(copies), dtype=torch.float64,
+                                                         device=dev))
         self.copy_logits: Tensor | None = None  # (n, N, ...) from the last forward
         self._ll_sum: Tensor | None = None
         self._ll_count = 0
@@ -174,9 +176,10 @@ class AlraoModel(nn.Module):
         if self.n == 1:
             return
         logw = self.switch_logw + loglik.to(self.switch_logw)  # both rows: Bayes' rule
-        pi_t = 1.0 / (float(self.switch_t) + 1.0)  # prior probability of switching at step t
-        log_pool = torch.logsumexp(logw[0], 0) + math.log(pi_t)
-        logw[0] += math.log(1 - pi_t)
+        # prior probability of switching at step t: 1/(t+1), kept on the device (no host sync)
+        log_pi = -torch.log1p(self.switch_t.to(logw.dtype))
+        log_pool = torch.logsumexp(logw[0], 0) + log_pi
+        logw[0] += torch.log1p(-torch.exp(log_pi))
         prior = torch.tensor([[SWITCH_THETA], [1 - SWITCH_THETA]], dtype=logw.dtype, device=logw.device)
         prior = prior.log() - math.log(self.n)
         logw = torch.logaddexp(logw, prior + log_pool)
@@ -222,6 +225,8 @@ class AlraoOptimizer(torch.optim.Optimizer):
 
     def _update(self, p: Tensor, group: dict[str, Any]) -> None:
         state = self.state[p]
+        if state["alrao_lr"].device != p.device:  # the model was moved after the optimizer was built
+            state["alrao_lr"] = state["alrao_lr"].to(p.device)
         rate = state["alrao_lr"] * group["lr"]
         grad = p.grad
         if group["decoupled_wd"]:
