@@ -13,7 +13,7 @@ from typing import Callable, Sequence, TypeVar
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from vaitrain.errors import DataError
 
@@ -34,7 +34,9 @@ def _open(path: Path) -> Image.Image:
         im = Image.open(path)
         im.load()  # decode now, so a truncated or corrupt file fails here
         return im
-    except (OSError, SyntaxError, ValueError) as err:
+    except UnidentifiedImageError:
+        raise DataError(f"cannot read image {path}: corrupt or not an image file") from None
+    except (OSError, SyntaxError, ValueError) as err:  # truncated data, bad chunks ...
         raise DataError(f"cannot read image {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
 
 
