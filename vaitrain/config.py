@@ -100,7 +100,13 @@ BOUNDS: dict[str, tuple[float, float | None]] = {
 
 def conf_dir() -> Path:
     """The packaged config folder (conf/ in the repo, vaitrain/conf in the wheel)."""
-    return Path(str(importlib.resources.files("vaitrain.conf")))
+    try:
+        return Path(str(importlib.resources.files("vaitrain.conf")))
+    except ModuleNotFoundError:  # a source checkout on PYTHONPATH, not installed
+        source = Path(__file__).resolve().parent.parent / "conf"
+        if source.is_dir():
+            return source
+        raise
 
 
 def group_options(group: str) -> list[str]:
