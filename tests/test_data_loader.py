@@ -204,3 +204,21 @@ def test_every_data_yaml_fits_the_schema_and_names_a_registered_dataset():
         assert cfg.name in list_datasets(), stem
     # the CLI writes booleans; the str field must still pass validation
     assert compose(["data.device_resident=false"]).data.device_resident.lower() == "false"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("resident", ["true", "false"])
+@pytest.mark.parametrize("task", ["classification", "segmentation", "regression"])
+def test_cuda_batches_equal_the_cpu_ones(task, resident):
+    cfg = OmegaConf.structured(DataConfig(num_train=512, num_val=100, device_resident=resident, num_workers=2))
+    kw = dict(batch_size=64, val_batch_size=64, seed=2)
+    cpu = build_data(cfg, task, device="cpu", **kw)
+    gpu = build_data(cfg, task, device="cuda", **kw)
+    for key in cpu.stats:
+        assert torch.allclose(cpu.stats[key], gpu.stats[key], atol=1e-6), key
+    for a, b in ((cpu.train, gpu.train), (cpu.val, gpu.val)):
+        a.set_epoch(1)
+        b.set_epoch(1)
+        for (xa, ya), (xb, yb) in zip(a, b):
+            assert xb.is_cuda and yb.is_cuda and xb.is_contiguous()
+            assert torch.allclose(xa, xb.cpu(), atol=1e-5) and torch.allclose(ya.float(), yb.float().cpu(), atol=1e-5)

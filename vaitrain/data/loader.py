@@ -183,6 +183,7 @@ class StreamLoader(_Loader):
         if self.train:
             index, aug = self._train_plan()
             self.sampler.batches = index.tolist()
+            aug = aug.to(self.device) if aug is not None else None  # one copy per epoch
             augs = [aug[i] if aug is not None else None for i in range(self.num_batches)]
         else:
             self.sampler.batches = [list(range(sl.start, sl.stop)) for sl in self._val_plan()]
@@ -192,7 +193,7 @@ class StreamLoader(_Loader):
             x, y = _next_batch(it)
             x = x.to(self.device, non_blocking=True)
             y = torch.as_tensor(y).to(self.device, non_blocking=True)
-            yield self._finish(x, y, a.to(self.device) if a is not None else None)
+            yield self._finish(x, y, a)
 
 
 def _next_batch(it: Iterator) -> Sequence[torch.Tensor]:
