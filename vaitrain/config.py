@@ -222,8 +222,26 @@ def _composition_error(text: str, overrides: list[str], hydra_compose: Any) -> C
     return ConfigError(" ".join(text.split("\n")[0].split()))
 
 
+# Hydra's instantiation keys. vaitrain builds objects only through its own registries, so such a
+# key (from a user's YAML or a `+key=` override) would be silently ignored: it is refused instead.
+INSTANTIATE_KEYS = ("_target_", "_partial_", "_args_", "_recursive_", "_convert_")
+
+
+def _refuse_instantiation(node: Any, path: str = "") -> None:
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for k, v in items:
+        key = f"{path}.{k}" if path else str(k)
+        if k in INSTANTIATE_KEYS:
+            raise ConfigError(
+                f"config key '{key}' asks Hydra to instantiate '{v}'; vaitrain builds objects only "
+                "from its own registries (model=, optim=, ...): remove the key"
+            )
+        _refuse_instantiation(v, key)
+
+
 def validate(cfg: DictConfig) -> None:
     """Check enumerated and bounded options; combinations are checked by the builders."""
+    _refuse_instantiation(OmegaConf.to_container(cfg, resolve=False))
     for key, choices in CHOICES.items():
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None:

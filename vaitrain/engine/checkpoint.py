@@ -3,6 +3,8 @@ torch.load(weights_only=True) (a checkpoint cannot run code). Written atomically
 from __future__ import annotations
 
 import pickle
+import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -35,24 +37,47 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at '{path}'; was the run started and did it finish an epoch?")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error says enough
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as err:
-        reason = " ".join(str(err).split())[:160]
-        raise CheckpointError(
-            f"checkpoint '{path}' is truncated or corrupt ({reason}); "
-            "use the run's other checkpoint (best.pt/last.pt) or start a new run"
-        ) from None
+        raise _load_error(path, err) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state:
         raise CheckpointError(f"'{path}' is not a vaitrain checkpoint (format {FORMAT})")
     return state
 
 
-def check_compatible(path: Path, state: dict[str, Any], model: nn.Module, model_name: str, task: str) -> None:
-    """A checkpoint of another model or task is refused, naming what differs."""
+def _load_error(path: Path, err: Exception) -> CheckpointError:
+    """One line for torch.load's multi-paragraph errors: refused code, or a damaged file."""
+    text = str(err)
+    code = re.search(r"GLOBAL (\S+)", text)
+    if code:
+        return CheckpointError(
+            f"checkpoint '{path}' refers to code ({code.group(1)}) and is refused: checkpoints are loaded "
+            "with weights_only=True, so a file cannot run code; use a checkpoint that vaitrain wrote"
+        )
+    if path.stat().st_size == 0:
+        reason = "an empty file"
+    else:  # torch's own explanation, without its boilerplate
+        detail = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:Check the documentation|$)", text, re.S)
+        reason = " ".join((detail.group(1) if detail else text.split(". ")[0]).split())[:120]
+    return CheckpointError(
+        f"checkpoint '{path}' is truncated or corrupt ({reason}); "
+        "use the run's other checkpoint (best.pt/last.pt) or start a new run"
+    )
+
+
+def check_task(path: Path, state: dict[str, Any], task: str) -> None:
+    """A checkpoint of another task is refused (before its data statistics are used)."""
     if state.get("task") not in (None, task):
         raise CheckpointError(
             f"checkpoint '{path}' was trained for task={state.get('task')}, not task={task}"
         )
+
+
+def check_compatible(path: Path, state: dict[str, Any], model: nn.Module, model_name: str, task: str) -> None:
+    """A checkpoint of another model or task is refused, naming what differs."""
+    check_task(path, state, task)
     own = model.state_dict()
     saved = state["model"]
     missing = [k for k in own if k not in saved]

@@ -8,7 +8,7 @@ import torch
 from omegaconf import DictConfig
 
 from vaitrain.config import compose
-from vaitrain.engine.checkpoint import check_compatible, load_checkpoint
+from vaitrain.engine.checkpoint import check_compatible, check_task, load_checkpoint
 from vaitrain.engine.components import build_components
 from vaitrain.engine.device import autocast, resolve_device, resolve_precision
 from vaitrain.errors import CheckpointError, RunDirError
@@ -81,6 +81,7 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", overrides: list[str] =
     if checkpoint == "best" and not path.is_file():
         path = resolve_checkpoint(run_dir, "last")
     state = load_checkpoint(path)
+    check_task(path, state, cfg.task.name)
     device = resolve_device(cfg.trainer.device)
     precision = resolve_precision(cfg.trainer.precision, device)
     c = build_components(cfg, device, stats=state.get("data_stats"))

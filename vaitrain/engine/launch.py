@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import uuid
 
@@ -24,9 +25,10 @@ def launch(nproc: int, argv: list[str]) -> int:
 
     if "OMP_NUM_THREADS" not in os.environ:  # as torchrun: don't let N ranks oversubscribe the cores
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
-    # The agent's own INFO/WARNING chatter (run ids, "shutting down workers") is not for users;
-    # each rank prints its own errors.
+    # The agent's INFO/WARNING chatter (run ids, "shutting down workers") is not for users, nor
+    # its report of exits the ranks explained themselves (an error line, the resume line).
     logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
+    logging.getLogger("torch.distributed.elastic.multiprocessing.api").addFilter(_explained_exits)
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
@@ -45,6 +47,12 @@ def launch(nproc: int, argv: list[str]) -> int:
     except SignalException as err:  # the launcher itself got SIGTERM/SIGINT; ranks have stopped
         return _SIGNAL_BASE + int(err.sigval)
     return 0
+
+
+def _explained_exits(record: logging.LogRecord) -> bool:
+    """False (drop) for "failed (exitcode: N)" where N is a one-line error (2) or a clean stop
+    (128 + SIGINT/SIGTERM); a crash (a signal death, a traceback's exit 1) is still reported."""
+    return not re.search(r"failed \(exitcode: (2|130|143)\)", record.getMessage())
 
 
 def _exit_code(failures: dict[int, object]) -> int:

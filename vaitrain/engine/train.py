@@ -20,7 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 from vaitrain.config import to_yaml
 from vaitrain.engine import dist
 from vaitrain.engine.artifacts import save_model_artifacts
-from vaitrain.engine.checkpoint import check_compatible, load_checkpoint, remove_partial_checkpoints, save_checkpoint
+from vaitrain.engine.checkpoint import (
+    check_compatible, check_task, load_checkpoint, remove_partial_checkpoints, save_checkpoint,
+)
 from vaitrain.engine.components import Components, build_components
 from vaitrain.engine.device import autocast, resolve_device, resolve_precision, rng_state, seed_everything, set_rng_state
 from vaitrain.engine.evaluate import run_validation
@@ -116,6 +118,7 @@ class Trainer:
         if cfg.resume:
             self.run_dir = Path(cfg.resume)
             self.resume_state = load_checkpoint(self.run_dir / rundir.CKPT_DIR / "last.pt", map_location="cpu")
+            check_task(self.run_dir / rundir.CKPT_DIR / "last.pt", self.resume_state, cfg.task.name)
 
         stats = self.resume_state.get("data_stats") if self.resume_state else None
         self.c: Components = build_components(
