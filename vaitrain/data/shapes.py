@@ -14,8 +14,10 @@ distractors; the regression target is the position of one of them chosen at rand
 conditional distribution of the target is bimodal (a single Gaussian can only predict the
 midpoint; a mixture can put a mode on each object).
 
-Scenes are generated in vectorized chunks with torch from generators seeded by (data.seed, split),
-so train and val come from distinct random streams and a scene set is reproducible.
+Scenes are generated in vectorized chunks from generators seeded by (data.seed, split), so train
+and val come from distinct random streams and a scene set is reproducible. Each scene's pixels are
+one packed int32 per pixel (R, G, B, class+1), so painting a shape writes colour and mask at once,
+and only a window around each shape is tested.
 """
 from __future__ import annotations
 
@@ -103,7 +105,7 @@ def _draw(canvas: torch.Tensor, value: torch.Tensor, cls: torch.Tensor, cx: torc
 
 
 def _standard_chunk(g: torch.Generator, n: int, size: int, k: int) -> tuple[torch.Tensor, ...]:
-    """Layers 1, 2: distractors (other classes, smaller); layer 3: the main shape, on top."""
+    """Up to two smaller distractors of other classes, then the main shape on top."""
     s = float(size)
     bg = torch.rand(n, 3, generator=g)
     cls = torch.randint(k, (n,), generator=g)
