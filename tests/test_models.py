@@ -368,3 +368,34 @@ def test_other_invalid_options():
                                                         dense=True))
     assert "model.padding=true" in _error(lambda: build_model(UNetConfig(padding=False), BATCH, in_channels=3,
                                                               num_outputs=2, image_size=572, dense=True))
+
+
+def test_too_small_images_for_pooling_name_the_smallest_size():
+    # DenseNet-121: /4 in the stem (padded, rounds up), then three 2x2 average pools (round down):
+    # 29 px -> 8 -> 4 -> 2 -> 1 fits, 28 px -> 7 -> 3 -> 1 -> 0 does not
+    dn = DenseNetConfig(name="densenet121", **DENSENET_121)
+    assert build_meta(dn, 10, image_size=29) is not None
+    msg = _error(lambda: build_meta(dn, 10, image_size=28))
+    assert msg == ("model=densenet121 down-samples a 28 px image to nothing: use data.image_size >= 29 "
+                   "or model.down=strided")
+    rn = ResNetConfig(name="resnet50", depth=50, style="imagenet", down="avgpool")
+    assert "data.image_size >= 29" in _error(lambda: build_meta(rn, 10, image_size=16))
+    assert build_meta(ResNetConfig(depth=50, style="imagenet"), 10, image_size=16) is not None  # strided
+    cnn = PlainConfig(name="plain_cnn", kind="cnn", depth=10, width=4, down_every=2)  # 4 pools
+    assert "data.image_size >= 16" in _error(lambda: build_meta(cnn, 10, image_size=15))
+
+
+@pytest.mark.parametrize("down", ["maxpool", "avgpool", "strided"])
+def test_down_sampling_choices_across_the_zoo(down):
+    x = torch.randn(2, 3, 32, 32)
+    cfgs = [DenseNetConfig(style="cifar", growth_rate=4, block_config=[2, 2, 2], num_init_features=8,
+                           compression=0.5, down=down),
+            PlainConfig(kind="cnn", depth=6, width=8, down=down, down_every=2)]
+    for cfg in cfgs:
+        assert build_model(cfg, BATCH, in_channels=3, num_outputs=3, image_size=32)(x).shape == (2, 3)
+    unet = build_model(UNetConfig(base_width=4, depth=3, down=down), BATCH, in_channels=3, num_outputs=3,
+                       image_size=32, dense=True)
+    assert unet(x).shape == (2, 3, 32, 32)
+    halving = nn.Conv2d if down == "strided" else {"maxpool": nn.MaxPool2d, "avgpool": nn.AvgPool2d}[down]
+    assert sum(isinstance(m, halving) and (down != "strided" or m.stride == (2, 2))
+               for m in unet.pools) == 3

@@ -19,7 +19,7 @@ import torch.utils.checkpoint as cp
 from torch import Tensor, nn
 
 from vaitrain.errors import ConfigError
-from vaitrain.models.layers import make_act, make_down, make_dropout, make_norm, scaled
+from vaitrain.models.layers import check_image_size, halve, make_act, make_down, make_dropout, make_norm, scaled
 
 
 class DenseLayer(nn.Module):
@@ -117,4 +117,13 @@ def build_densenet(cfg: Any, norm_cfg: Any, *, in_channels: int, num_outputs: in
     if dense:
         raise ConfigError(f"model={cfg.name} (a DenseNet) gives no per-pixel output: use model=unet "
                           "or model=plain_cnn for dense tasks")
+
+    def fits(size: int) -> bool:
+        if cfg.style == "imagenet":
+            size = (size + 3) // 4  # 7x7 stride-2 conv and 3x3 stride-2 max-pool, both padded
+        for _ in range(len(cfg.block_config) - 1):
+            size = halve(size, cfg.down)
+        return size >= 1
+
+    check_image_size(image_size, fits, f"model={cfg.name}")
     return DenseNet(cfg, norm_cfg, in_channels, num_outputs)

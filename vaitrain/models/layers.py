@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
@@ -144,6 +144,22 @@ def make_down(kind: str, channels: int, *, return_indices: bool = False) -> nn.M
     if kind == "avgpool":
         return nn.AvgPool2d(2, 2)
     return nn.Conv2d(channels, channels, 3, stride=2, padding=1, bias=False)
+
+
+def halve(size: int, kind: str) -> int:
+    """The output size of make_down(kind) for an input of `size` px (pooling floors)."""
+    return (size + 1) // 2 if kind == "strided" else size // 2
+
+
+def check_image_size(image_size: int, fits: Callable[[int], bool], what: str) -> None:
+    """Raise ConfigError naming the smallest size that works unless `fits(image_size)`.
+    `fits` must be monotone: a size that fits, and every larger one, down-samples to >= 1 px.
+    Only pooling can reach 0 px (strided convs round up), hence the model.down=strided hint."""
+    if fits(image_size):
+        return
+    smallest = next(s for s in range(1, 8193) if fits(s))
+    raise ConfigError(f"{what} down-samples a {image_size} px image to nothing: use data.image_size >= "
+                      f"{smallest} or model.down=strided")
 
 
 class TransposedUp(nn.Module):

@@ -14,7 +14,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from vaitrain.errors import ConfigError
-from vaitrain.models.layers import make_act, make_down, make_dropout, make_norm, scaled
+from vaitrain.models.layers import check_image_size, halve, make_act, make_down, make_dropout, make_norm, scaled
 
 
 def _norm_cfg(cfg: Any, norm_cfg: Any) -> Any:
@@ -84,4 +84,14 @@ def build_plain(cfg: Any, norm_cfg: Any, *, in_channels: int, num_outputs: int,
             raise ConfigError(f"model={cfg.name} (an MLP) gives no per-pixel output: use model=unet or "
                               "model=plain_cnn for dense tasks")
         return PlainMLP(cfg, norm_cfg, in_channels * image_size * image_size, num_outputs)
-    return PlainCNN(cfg, norm_cfg, in_channels, num_outputs, dense)
+    model = PlainCNN(cfg, norm_cfg, in_channels, num_outputs, dense)
+    every = int(cfg.down_every)
+
+    def fits(size: int) -> bool:
+        for i in range(1, int(cfg.depth)):
+            if every > 0 and i % every == 0:
+                size = halve(size, cfg.down)
+        return size >= 1
+
+    check_image_size(image_size, fits, f"model={cfg.name}")
+    return model

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vaitrain.errors import ConfigError
-from vaitrain.models.layers import make_act, make_down, make_dropout, make_norm, scaled
+from vaitrain.models.layers import check_image_size, halve, make_act, make_down, make_dropout, make_norm, scaled
 
 Norm = Callable[[int], nn.Module]
 
@@ -178,4 +178,14 @@ def build_resnet(cfg: Any, norm_cfg: Any, *, in_channels: int, num_outputs: int,
     if dense:
         raise ConfigError(f"model={cfg.name} (a ResNet) gives no per-pixel output: use model=unet or "
                           "model=plain_cnn for dense tasks")
-    return ResNet(cfg, norm_cfg, in_channels, num_outputs)
+    model = ResNet(cfg, norm_cfg, in_channels, num_outputs)
+
+    def fits(size: int) -> bool:
+        if cfg.style == "imagenet" and not cfg.small_stem:
+            size = (size + 3) // 4  # 7x7 stride-2 conv and 3x3 stride-2 max-pool, both padded
+        for _ in model.stage_names[1:]:
+            size = halve(size, cfg.down)
+        return size >= 1
+
+    check_image_size(image_size, fits, f"model={cfg.name}")
+    return model
