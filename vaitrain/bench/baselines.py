@@ -1,6 +1,6 @@
 """Baselines timed next to vaitrain's model: torchvision's equivalent network, or the same vaitrain
-network in a bare loop. Both use a plain loss (cross-entropy; MSE for float targets) and
-torch.optim.SGD with the config's lr / momentum / weight decay."""
+network in a bare loop. Both use a plain loss (cross-entropy; MSE for float targets) and torch's
+own optimizer of the config's kind (SGD, Adam, AdamW) with its hyper-parameters."""
 from __future__ import annotations
 
 from typing import Any, Callable, Optional, Union
@@ -32,9 +32,19 @@ def plain_objective(ignore_index: int = -100) -> Callable[[nn.Module, Tensor, Te
     return objective
 
 
-def sgd(model: nn.Module, optim_cfg: Any) -> torch.optim.Optimizer:
-    return torch.optim.SGD(model.parameters(), lr=float(optim_cfg.lr), momentum=float(optim_cfg.momentum),
-                           weight_decay=float(optim_cfg.weight_decay))
+def plain_optimizer(model: nn.Module, optim_cfg: Any) -> tuple[torch.optim.Optimizer, str]:
+    """torch's own optimizer of the config's kind and hyper-parameters, one parameter group
+    (vaitrain's exempts biases/norm parameters from weight decay). Alrao's baseline is SGD."""
+    params, lr, wd = model.parameters(), float(optim_cfg.lr), float(optim_cfg.weight_decay)
+    name = str(optim_cfg.name)
+    if name in ("adam", "adamw"):
+        cls = torch.optim.AdamW if name == "adamw" or optim_cfg.decoupled_wd else torch.optim.Adam
+        betas = (float(optim_cfg.betas[0]), float(optim_cfg.betas[1]))
+        return cls(params, lr=lr, betas=betas, eps=float(optim_cfg.eps), weight_decay=wd), f"torch.optim.{cls.__name__}"
+    momentum = float(optim_cfg.momentum)
+    nesterov = bool(optim_cfg.nesterov) and momentum > 0
+    return (torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=wd),
+            "torch.optim.SGD")
 
 
 def _same_as_torchvision(model_cfg: Any, norm_cfg: Any) -> Union[str, tuple[str, str]]:
@@ -103,8 +113,8 @@ def baseline_subject(kind: str, cfg: Any, *, vaitrain_model: nn.Module, in_chann
 
         model = build_model(cfg.model, cfg.norm, in_channels=in_channels, num_outputs=num_outputs,
                             image_size=image_size, dense=dense).to(device)
-        return Subject("bare", model, plain_objective(ignore), sgd(model, cfg.optim),
-                       note="same network, plain CE/MSE + torch.optim.SGD")
+        opt, opt_name = plain_optimizer(model, cfg.optim)
+        return Subject("bare", model, plain_objective(ignore), opt, note=f"same network, plain CE/MSE + {opt_name}")
     built = torchvision_model(cfg.model, cfg.norm, in_channels=in_channels, num_outputs=num_outputs, dense=dense)
     if isinstance(built, str):
         return built
@@ -114,4 +124,5 @@ def baseline_subject(kind: str, cfg: Any, *, vaitrain_model: nn.Module, in_chann
     if ours != theirs:
         note += f"; params differ: {theirs:,} vs vaitrain {ours:,}"
     model = model.to(device)
-    return Subject("torchvision", model, plain_objective(ignore), sgd(model, cfg.optim), note=note)
+    opt, opt_name = plain_optimizer(model, cfg.optim)
+    return Subject("torchvision", model, plain_objective(ignore), opt, note=f"{note}, plain CE + {opt_name}")

@@ -169,6 +169,8 @@ def measurement_fields(m: Measurement, peak: Optional[float], baseline: str) -> 
             if ti is not None and tb is not None:
                 row[f"baseline_{mode}_img_s"] = tb.img_s
                 row[f"baseline_{mode}_ms"] = tb.median_ms
+                row[f"{mode}_repeats_img_s"] = [round(v, 4) for v in ti.repeats_img_s]
+                row[f"baseline_{mode}_repeats_img_s"] = [round(v, 4) for v in tb.repeats_img_s]
                 # median of the per-repeat ratios: repeat k of both ran back to back (ABBA)
                 row[f"{mode}_ratio"] = float(np.median([a / b for a, b in zip(ti.repeats_img_s, tb.repeats_img_s)]))
         if base.peak_mem_bytes is not None:
