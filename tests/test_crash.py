@@ -73,6 +73,25 @@ def test_sigint_mid_epoch_stops_cleanly_and_resume_matches_uninterrupted(tmp_pat
     assert_finished_once(run)
 
 
+def test_repeated_sigterm_is_one_request(tmp_path, monkeypatch):
+    """SLURM signals every process of a step and torchrun forwards its own SIGTERM: a second
+    SIGTERM must not turn the clean stop into an abort (only a second Ctrl-C does)."""
+    agree = train_mod.Trainer._agree_stop
+
+    def terminate_twice_at_3(self, stop):
+        if self.step == 3 and not stop.signum:
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return agree(self, stop)
+
+    monkeypatch.setattr(train_mod.Trainer, "_agree_stop", terminate_twice_at_3)
+    out = tmp_path / "runs"
+    result = invoke(["train", *TINY, "data.num_train=128", f"out_dir={out}"])
+    assert result.exit_code == 128 + signal.SIGTERM, result.output
+    assert RESUME_LINE.search(result.stderr).group(2) == "3"
+    assert load(the_run(out) / "checkpoints" / "last.pt")["step"] == 3
+
+
 def test_sigkill_at_random_moments_then_resume_finishes(tmp_path, reference):
     """Three SIGKILLs (random steps, random delays, checkpoints every step so some land mid-save):
     each leaves a last.pt that loads with weights_only; resume= finishes with the same weights."""

@@ -12,6 +12,8 @@ import re
 import sys
 import uuid
 
+from vaitrain.errors import DeviceError
+
 # Exit codes (as a shell reports them): a rank killed by signal S exits 128 + S.
 _SIGNAL_BASE = 128
 
@@ -39,6 +41,8 @@ def launch(nproc: int, argv: list[str]) -> int:
         max_restarts=0,  # a failed run is resumed with resume=, not restarted from scratch
         monitor_interval=0.1,
         start_method="spawn",
+        # after SIGTERM/SIGINT, the time ranks get to finish their step and write last.pt
+        shutdown_timeout=int(os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "120")),
     )
     try:
         elastic_launch(config, sys.executable)("-m", "vaitrain", *argv)
@@ -46,6 +50,8 @@ def launch(nproc: int, argv: list[str]) -> int:
         return _exit_code(err.failures)
     except SignalException as err:  # the launcher itself got SIGTERM/SIGINT; ranks have stopped
         return _SIGNAL_BASE + int(err.sigval)
+    except Exception as err:  # the rendezvous or a process start failed: nothing ran
+        raise DeviceError(f"could not start {nproc} processes: {' '.join(str(err).split())[:200]}") from None
     return 0
 
 

@@ -62,9 +62,11 @@ class _StopFlag:
         old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
         def handler(signum: int, _frame: Any) -> None:
-            if self.signum:  # a second Ctrl-C: stop now
+            if self.signum and signum == signal.SIGINT:  # a second Ctrl-C: stop now
                 raise KeyboardInterrupt
-            self.signum = signum
+            # A repeated SIGTERM is the same request: SLURM signals every process of a job step
+            # and torchrun forwards its own SIGTERM too; SIGKILL is the way to stop at once.
+            self.signum = self.signum or signum
 
         for s in old:
             signal.signal(s, handler)
