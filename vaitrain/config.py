@@ -31,7 +31,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.kind": ("mlp", "cnn"),
     "data.normalize": ("channel", "pixel", "none"),
     # YAML / the command line turn true/false into booleans, which the str field holds as True/False
-    "data.device_resident": ("auto", "true", "false", "True", "False"),
+    "data.device_resident": ("auto", "true", "false"),
     "data.name": ("shapes", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "oxford_pets", "voc",
                   "image_folder", "seg_folder", "csv_regression"),
     "data.variant": ("standard", "ambiguous"),
