@@ -54,18 +54,20 @@ def invoke(args: list[str]) -> Any:
         torch.set_num_threads(threads)
 
 
-def _child(args: list[str]) -> None:
+def _child(args: list[str], setup: Callable[[], None] | None) -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
+    if setup is not None:
+        setup()
     os._exit(invoke(args).exit_code)
 
 
-def fork(args: list[str]) -> multiprocessing.Process:
-    """`vaitrain <args>` in a forked copy of this process: a real process to kill, without the
-    seconds a fresh interpreter spends importing torch. (The run uses one thread, so no OpenMP
-    pool is needed after the fork.)"""
-    proc = multiprocessing.get_context("fork").Process(target=_child, args=(args,))
+def fork(args: list[str], setup: Callable[[], None] | None = None) -> multiprocessing.Process:
+    """`vaitrain <args>` in a forked copy of this process (after `setup()` there): a real process
+    to kill, without the seconds a fresh interpreter spends importing torch. (The run uses one
+    thread, so no OpenMP pool is needed after the fork.)"""
+    proc = multiprocessing.get_context("fork").Process(target=_child, args=(args, setup))
     proc.start()
     return proc
 

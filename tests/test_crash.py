@@ -131,6 +131,33 @@ def test_sigkill_at_random_moments_then_resume_finishes(tmp_path, reference):
     assert_finished_once(run)
 
 
+def _die_before_first_epoch_checkpoint() -> None:
+    save = train_mod.Trainer._save
+
+    def save_or_die(self, name):
+        if self.epoch == 1 and self.batch_in_epoch == 0:  # epoch 1 validated and recorded, not saved
+            os.kill(os.getpid(), signal.SIGKILL)
+        save(self, name)
+
+    train_mod.Trainer._save = save_or_die
+
+
+def test_kill_between_epoch_record_and_checkpoint_records_the_epoch_once(tmp_path, reference):
+    """The window where metrics.jsonl has the epoch's line but last.pt does not have the epoch:
+    resume redoes the epoch's last step and writes its line once, with the same final weights."""
+    out = tmp_path / "runs"
+    proc = fork(["train", *TINY, "trainer.checkpoint_every=1", f"out_dir={out}"],
+                setup=_die_before_first_epoch_checkpoint)
+    proc.join(timeout=300)
+    assert proc.exitcode == -signal.SIGKILL
+    run = the_run(out)
+    assert [r["kind"] for r in records(run)].count("epoch") == 1
+    result = invoke(["train", f"resume={run}"])
+    assert result.exit_code == 0, result.output
+    assert_finished_once(run)
+    assert_same_weights(weights(run), weights(reference))
+
+
 def _save_then_die_mid_save(path) -> None:
     save_checkpoint(path, {"model": {"w": torch.zeros(3)}, "step": 1})
     os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)  # die with the new bytes half-way to disk

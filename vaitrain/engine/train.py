@@ -223,7 +223,7 @@ class Trainer:
             with stop.installed():
                 while self.epoch < epochs:
                     train_metrics = self._train_epoch(progress, tb, log, stop)
-                    if self.stop_signum:
+                    if train_metrics is None:  # a signal mid-epoch: last.pt is written
                         status = "stopped"
                         break
                     self.epoch += 1
@@ -286,7 +286,9 @@ class Trainer:
         return better
 
     def _train_epoch(self, progress: Progress, tb: TBWriter | None, log: MetricsLog | None,
-                     stop: _StopFlag) -> dict[str, float]:
+                     stop: _StopFlag) -> dict[str, float] | None:
+        """Train one epoch (from batch_in_epoch on); its train metrics, or None when a stop signal
+        ended it early (last.pt written)."""
         cfg = self.cfg
         loader = self.c.data.train
         opt = self.c.opt
@@ -365,12 +367,13 @@ class Trainer:
                                "time": time.perf_counter() - self.t0, "train/loss": value, "lr": lr})
                 progress.advance(0, loss=value)
             progress.advance(accum)
-            if ckpt_every and self.step % ckpt_every == 0:
+            # The epoch's last step is checkpointed (and a stop honoured) at the epoch's end, after
+            # its validation and record, so no last.pt ever holds a trained-but-unrecorded epoch.
+            if b + 1 < n_batches and (stopping or ckpt_every and self.step % ckpt_every == 0):
                 self._save("last.pt")
-            if stopping:
-                self._save("last.pt")
+            if stopping and b + 1 < n_batches:
                 progress.finish()
-                return {}
+                return None
         self._check_finite(bad)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
