@@ -100,7 +100,7 @@ def test_sigkill_at_random_moments_then_resume_finishes(tmp_path, reference):
     last = 0
     for seed in range(3):
         rng = random.Random(seed)
-        target = last + rng.randint(6, 20)
+        target = last + rng.randint(5, 15)
         args = ["train", *TINY, "trainer.checkpoint_every=1", f"out_dir={out}"] if run is None else [
             "train", f"resume={run}"]
         proc = fork(args)
