@@ -17,13 +17,7 @@ from vaitrain.optim.optimizers import split_decay
 from vaitrain.schema.optim import OptimConfig, SchedConfig
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: intra-op threads only add synchronisation (costly on a busy CPU)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest
 
 
 TASK = SimpleNamespace(name="classification", loss=lambda out, y: nn.functional.cross_entropy(out, y))

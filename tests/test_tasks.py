@@ -16,13 +16,7 @@ from vaitrain.tasks import build_task
 from vaitrain.tasks.segmentation import dice_loss, scores_from_confusion
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: intra-op threads only add synchronisation (costly on a busy CPU)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest
 
 
 def cfg(**kw):

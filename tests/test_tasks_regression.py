@@ -14,13 +14,7 @@ from vaitrain.schema.task import TaskConfig
 from vaitrain.tasks import build_task
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: intra-op threads only add synchronisation (costly on a busy CPU)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest
 
 
 MEAN, STD = torch.tensor([10.0, -5.0]), torch.tensor([2.0, 4.0])
