@@ -242,6 +242,9 @@ class Trainer:
                     self._save("last.pt")
                     if improved:
                         self._save("best.pt")
+                    if self._agree_stop(stop) and self.epoch < epochs:  # a signal in the last step/validation
+                        status = "stopped"
+                        break
                     if stop_after and run_epochs >= stop_after and self.epoch < epochs:
                         status = "stopped"
                         break
