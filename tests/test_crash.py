@@ -73,23 +73,31 @@ def test_sigint_mid_epoch_stops_cleanly_and_resume_matches_uninterrupted(tmp_pat
     assert_finished_once(run)
 
 
-def test_repeated_sigterm_is_one_request(tmp_path, monkeypatch):
-    """SLURM signals every process of a step and torchrun forwards its own SIGTERM: a second
-    SIGTERM must not turn the clean stop into an abort (only a second Ctrl-C does)."""
+def test_repeated_sigterm_in_an_epochs_last_step(tmp_path, reference, monkeypatch):
+    """Two SIGTERMs (SLURM signals every process of a step and torchrun forwards its own) are one
+    request, not an abort; arriving in an epoch's last step, they stop the run at the epoch's end
+    (validated, recorded, checkpointed), and resume= goes on from the next epoch."""
     agree = train_mod.Trainer._agree_stop
 
-    def terminate_twice_at_3(self, stop):
-        if self.step == 3 and not stop.signum:
+    def terminate_twice_at_32(self, stop):
+        if self.step == STEPS // 2 and not stop.signum:
             os.kill(os.getpid(), signal.SIGTERM)
             os.kill(os.getpid(), signal.SIGTERM)
         return agree(self, stop)
 
-    monkeypatch.setattr(train_mod.Trainer, "_agree_stop", terminate_twice_at_3)
+    monkeypatch.setattr(train_mod.Trainer, "_agree_stop", terminate_twice_at_32)
     out = tmp_path / "runs"
-    result = invoke(["train", *TINY, "data.num_train=128", f"out_dir={out}"])
+    result = invoke(["train", *TINY, f"out_dir={out}"])
     assert result.exit_code == 128 + signal.SIGTERM, result.output
-    assert RESUME_LINE.search(result.stderr).group(2) == "3"
-    assert load(the_run(out) / "checkpoints" / "last.pt")["step"] == 3
+    run = the_run(out)
+    assert RESUME_LINE.search(result.stderr).groups() == ("1", str(STEPS // 2), str(run))
+    state = load(run / "checkpoints" / "last.pt")
+    assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (1, 0, STEPS // 2)
+    monkeypatch.undo()
+
+    assert invoke(["train", f"resume={run}"]).exit_code == 0
+    assert_finished_once(run)
+    assert_same_weights(weights(run), weights(reference))
 
 
 def test_sigkill_at_random_moments_then_resume_finishes(tmp_path, reference):
