@@ -103,6 +103,16 @@ def torchvision_model(model_cfg: Any, norm_cfg: Any, *, in_channels: int, num_ou
     return model, note
 
 
+def _same_weights(model: nn.Module, source: nn.Module) -> bool:
+    """Copy source's weights and buffers into model where the layouts match (values can change
+    speed, e.g. denormals on a CPU; the same numbers rule that out)."""
+    try:
+        model.load_state_dict(source.state_dict(), strict=True)
+        return True
+    except RuntimeError:
+        return False
+
+
 def baseline_subject(kind: str, cfg: Any, *, vaitrain_model: nn.Module, in_channels: int,
                      num_outputs: int, image_size: int, dense: bool,
                      device: torch.device) -> Union[str, Subject]:
@@ -113,8 +123,10 @@ def baseline_subject(kind: str, cfg: Any, *, vaitrain_model: nn.Module, in_chann
 
         model = build_model(cfg.model, cfg.norm, in_channels=in_channels, num_outputs=num_outputs,
                             image_size=image_size, dense=dense).to(device)
+        same = _same_weights(model, vaitrain_model)
         opt, opt_name = plain_optimizer(model, cfg.optim)
-        return Subject("bare", model, plain_objective(ignore), opt, note=f"same network, plain CE/MSE + {opt_name}")
+        return Subject("bare", model, plain_objective(ignore), opt,
+                       note=f"same network{', same weights' if same else ''}, plain CE/MSE + {opt_name}")
     built = torchvision_model(cfg.model, cfg.norm, in_channels=in_channels, num_outputs=num_outputs, dense=dense)
     if isinstance(built, str):
         return built
@@ -124,5 +136,7 @@ def baseline_subject(kind: str, cfg: Any, *, vaitrain_model: nn.Module, in_chann
     if ours != theirs:
         note += f"; params differ: {theirs:,} vs vaitrain {ours:,}"
     model = model.to(device)
+    if _same_weights(model, vaitrain_model):
+        note += ", same weights"
     opt, opt_name = plain_optimizer(model, cfg.optim)
     return Subject("torchvision", model, plain_objective(ignore), opt, note=f"{note}, plain CE + {opt_name}")

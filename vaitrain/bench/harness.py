@@ -8,6 +8,7 @@ out of memory halves the batch and starts over.
 from __future__ import annotations
 
 import gc
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -93,6 +94,7 @@ class Measurement:
     mem_exact: bool = True
     loader_img_s: Optional[float] = None
     epoch_img_s: Optional[float] = None
+    input_share: Optional[float] = None  # of the end-to-end epoch's time, spent producing batches
 
 
 class OutOfMemoryAtBatchOne(RuntimeError):
@@ -202,7 +204,7 @@ def _measure_once(setup: Setup, batch: int, settings: Settings,
             res.fwd_flops = counted["forward_per_sample"]
             res.train_flops = counted["train_per_sample"]
     if settings.data and settings.train and setup.loader is not None:
-        out.loader_img_s, out.epoch_img_s = _data_path(runners[0], setup.loader, settings)
+        out.loader_img_s, out.epoch_img_s, out.input_share = _data_path(runners[0], setup.loader, settings)
     return out
 
 
@@ -255,8 +257,6 @@ def _time_infer(runners: list[_Runner], results: list[SubjectResult], x: Tensor,
 
 def _split(r: _Runner, x: Tensor, y: Tensor, steps: int, dev: torch.device) -> dict[str, float]:
     """Forward (with the loss), backward and optimizer step timed apart, synchronized in between."""
-    import time
-
     parts: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": []}
     r.model.train()
     for _ in range(steps):
@@ -278,22 +278,57 @@ def _split(r: _Runner, x: Tensor, y: Tensor, steps: int, dev: torch.device) -> d
     return {k: float(np.median(v)) * 1e3 for k, v in parts.items()}
 
 
-def _data_path(r: _Runner, loader: Any, settings: Settings) -> tuple[float, float]:
-    """img/s of the loader alone over one epoch, and of one training epoch end to end."""
+class _Marks:
+    """Time marks inside a running loop: CUDA events on the stream (read after one synchronize)
+    or perf_counter; spans() gives the seconds between consecutive marks of each batch."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.marks: list[list[Any]] = []
+
+    def mark(self, row: list[Any]) -> None:
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            row.append(ev)
+        else:
+            row.append(time.perf_counter())
+
+    def spans(self) -> list[list[float]]:
+        if self.cuda:
+            return [[a.elapsed_time(b) / 1e3 for a, b in zip(m, m[1:])] for m in self.marks]
+        return [[b - a for a, b in zip(m, m[1:])] for m in self.marks]
+
+
+def _data_path(r: _Runner, loader: Any, settings: Settings) -> tuple[float, float, float]:
+    """img/s of the loader alone over one epoch; img/s of one training epoch end to end; and,
+    within that same epoch, the share of the time spent producing batches (the input's share,
+    free of the drift between the model-only repeats and the epoch)."""
     dev = settings.device
     cl = settings.channels_last
     count = [0]
+    marks = _Marks(dev)
 
     def loader_only() -> None:
         for xb, _yb in loader:
             count[0] += xb.shape[0]
 
     def epoch() -> None:
-        for xb, yb in loader:
+        it = iter(loader)
+        while True:
+            row: list[Any] = []
+            marks.mark(row)
+            batch = next(it, None)
+            if batch is None:
+                break
+            xb, yb = batch
             if cl and xb.dim() == 4:
                 xb = xb.contiguous(memory_format=torch.channels_last)
+            marks.mark(row)
             r.zero_grad()
             r.train_step(xb, yb)
+            marks.mark(row)
+            marks.marks.append(row)
             count[0] += xb.shape[0]
 
     loader.set_epoch(0)
@@ -303,4 +338,6 @@ def _data_path(r: _Runner, loader: Any, settings: Settings) -> tuple[float, floa
     loader.set_epoch(1)
     r.model.train()
     seconds = wall(epoch, dev)
-    return loader_img_s, count[0] / max(seconds, 1e-12)
+    spans = marks.spans()
+    load = sum(s[0] for s in spans)
+    return loader_img_s, count[0] / max(seconds, 1e-12), load / max(load + sum(s[1] for s in spans), 1e-12)

@@ -155,6 +155,7 @@ def measurement_fields(m: Measurement, peak: Optional[float], baseline: str) -> 
     if m.loader_img_s is not None:
         row["loader_img_s"] = m.loader_img_s
         row["epoch_img_s"] = m.epoch_img_s
+        row["epoch_input_share"] = m.input_share
         if ours.train is not None and m.epoch_img_s:
             row["epoch_vs_model"] = m.epoch_img_s / ours.train.img_s
     notes = list(m.notes) + ([ours.note] if ours.note else [])

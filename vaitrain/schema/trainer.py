@@ -50,5 +50,5 @@ class BenchConfig:
     baseline: str = "none"  # none | torchvision | bare
     peak_tflops: float = 0.0  # 0 = measure with a large matrix product (GPU only)
     data: bool = True  # also time the data path (loader alone, full epoch)
-    data_batches: int = 32  # the data-path epoch: data.num_train = batch x this (0 = data.num_train)
+    data_batches: int = 16  # the data-path epoch: data.num_train = batch x this (0 = data.num_train)
     out: Optional[str] = None  # write rows + environment to this .json or .csv (--out wins)
