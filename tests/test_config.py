@@ -81,6 +81,7 @@ def test_defaults():
         (["trainer.epochs=0"], r"^trainer.epochs=0 is out of range; it must be >= 1$"),
         (["trainer.epochs=3x="], r"^malformed override 'trainer.epochs=3x='"),
         (["optim=sgd,adam"], r"need -m/--multirun"),
+        (["+trainer.epoch=3"], r"^'\+trainer.epoch=3': adding keys with \+ is not supported"),
     ],
 )
 def test_bad_overrides(overrides, pattern):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any, Callable, List, Optional, TypeVar
 

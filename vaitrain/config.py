@@ -162,6 +162,15 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
 
     overrides = list(overrides)
     parsed = _parse(overrides)
+    # `+group.key=` would add a key no schema knows, so a typo would pass silently. `+group=option`
+    # (a user's experiment file) stays; `_target_`-style keys get their own refusal in validate().
+    added = [o for o in overrides if o.startswith("+") and "." in o.split("=", 1)[0]
+             and not o.split("=", 1)[0].rsplit(".", 1)[-1].startswith("_")]
+    if added:
+        raise ConfigError(
+            f"'{added[0]}': adding keys with + is not supported; every option already exists "
+            "(see `vaitrain config`), so write key=value"
+        )
     if any(ov.is_sweep_override() for ov in parsed):
         raise ConfigError("sweep values (a,b or range(...)) need -m/--multirun")
     _check_group_choices(parsed)

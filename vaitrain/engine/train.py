@@ -248,7 +248,10 @@ class Trainer:
                     if stop_after and run_epochs >= stop_after and self.epoch < epochs:
                         status = "stopped"
                         break
-        except TrainingError:
+        except KeyboardInterrupt:
+            status = "stopped"
+            raise
+        except BaseException:  # a non-finite loss, or any crash: never recorded as completed
             status = "failed"
             raise
         finally:
