@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # vaitrain vs torchvision on one GPU: the REFERENCE.md cases (H200 figures there) plus the data path.
-# Writes $OUT/<case>.{json,txt,log} and $OUT/summary.txt. About 5-6 minutes on an H100/H200.
+# Writes $OUT/<case>.{json,txt,log} and $OUT/summary.txt. About 5-6 minutes on an H100/H200
+# (BUDGET=360 s for the cases, plus start-up and the summary).
 #
 #   OUT=/some/dir bash scripts/gpu_bench.sh          # on the GPU machine
 #   TINY=1 OUT=/tmp/x bash scripts/gpu_bench.sh      # the same commands at toy sizes (CPU check)
@@ -19,20 +20,25 @@ R50="bench.batch_size=256 bench.image_size=224"
 C18="bench.batch_size=512 bench.image_size=32"
 UNET="bench.batch_size=16 bench.image_size=256"
 DATA="bench.batch_size=512 bench.image_size=32 data.num_train=50000 bench.data_batches=0"
-LIMIT_SHORT=100 LIMIT_LONG=200
+LIMIT_SHORT=100 LIMIT_LONG=180
 if [ "${TINY:-0}" = 1 ]; then  # toy sizes, fp32: checks every command end to end on a CPU
   COMMON="optim=sgd bench.warmup=1 bench.steps=1 bench.repeats=1 bench.precision=fp32 bench.channels_last=true"
   R50="bench.batch_size=2 bench.image_size=64"
   C18="bench.batch_size=4 bench.image_size=32"
   UNET="bench.batch_size=2 bench.image_size=32"
   DATA="bench.batch_size=32 bench.image_size=32 data.num_train=256 bench.data_batches=0"
-  LIMIT_SHORT=300 LIMIT_LONG=300
+  LIMIT_SHORT=300 LIMIT_LONG=300 BUDGET=${BUDGET:-1500}
 fi
+
+BUDGET=${BUDGET:-360}  # seconds for all cases together; a case gets at most what is left
 
 # case NAME LIMIT_S ARGS... : one `vaitrain bench` run; table -> NAME.txt, rows -> NAME.json
 case_() {
   local name=$1 limit=$2; shift 2
-  echo "== $name ($(( $(date +%s) - START )) s in): vaitrain bench $*" | tee -a "$OUT/commands.txt"
+  local left=$(( BUDGET - ($(date +%s) - START) ))
+  if [ $left -lt 30 ]; then echo "== $name skipped: ${left} s of the budget left" | tee -a "$OUT/commands.txt"; return; fi
+  [ $limit -gt $left ] && limit=$left
+  echo "== $name ($(( $(date +%s) - START )) s in, limit $limit s): vaitrain bench $*" | tee -a "$OUT/commands.txt"
   timeout --signal=INT --kill-after=10 "$limit" \
     $PY -m vaitrain bench "$@" --out "$OUT/$name.json" > "$OUT/$name.txt" 2> "$OUT/$name.log"
   local rc=$?
@@ -43,7 +49,7 @@ case_() {
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
 
 # 1. ResNet-50 and DenseNet-121, 224 px, batch 256, eager; torchvision's networks interleaved (ABBA)
-case_ r50_d121_eager $LIMIT_LONG -m model=resnet50,densenet121 $COMMON $R50 bench.baseline=torchvision bench.data=false
+case_ r50_d121_eager $LIMIT_LONG -m model=resnet50,densenet121 $COMMON $R50 bench.baseline=torchvision bench.split=true bench.data=false
 # 2. CIFAR ResNet-18 (3x3 stem, no max-pool), 32 px, batch 512
 case_ c18_32px $LIMIT_SHORT model=resnet18 model.small_stem=true $COMMON $C18 bench.baseline=torchvision bench.data=false
 # 3. U-Net 64..1024, 256 px, batch 16, segmentation masks; no torchvision U-Net: the bare loop is the baseline

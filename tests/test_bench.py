@@ -119,11 +119,11 @@ def test_split_and_data_path_run_their_own_steps():
     setup = Setup([subject(TinyConvNet("A", log))], x, y, loader=loader)
     s = Settings(CPU, warmup=1, steps=2, repeats=1, mode="train", split=True, data=True, flops=False)
     m = measure(lambda b: setup, 4, s)
-    # train: 1 warm-up + 2 timed; split: 2 more; data path: one epoch of 5 batches
-    assert log.count(("A", "step")) == 1 + 2 + 2 + 5
+    # train: 1 warm-up + 2 timed; split: 2 more; data path: 1 warm-up + one epoch of 5 batches
+    assert log.count(("A", "step")) == 1 + 2 + 2 + 1 + 5
     assert set(m.results[0].split_ms) == {"forward", "backward", "optimizer"}
     assert m.loader_img_s > 0 and m.epoch_img_s > 0 and 0 < m.input_share < 1
-    assert loader.epochs == [0, 1]  # loader alone, then the end-to-end epoch
+    assert loader.epochs == [0, 1]  # (warm-up and) loader alone, then the end-to-end epoch
     row = measurement_fields(m, peak=None, baseline="none")
     assert row["epoch_vs_model"] == pytest.approx(m.epoch_img_s / m.results[0].train.img_s)
     assert "infer_img_s" not in row

@@ -210,27 +210,29 @@ def _measure_once(setup: Setup, batch: int, settings: Settings,
 
 def _time_train(runners: list[_Runner], results: list[SubjectResult], x: Tensor, y: Tensor,
                 batch: int, settings: Settings, mem: StepMemory) -> None:
+    """Warm-up of each subject (its last warm-up step also measures peak memory: past cudnn's
+    algorithm search and compilation, and never in a timed step), then ABBA-ordered repeats."""
     dev = settings.device
     warm = []
-    for r in runners:
+    for r, res in zip(runners, results):
         r.model.train()
 
-        def warmup(r: _Runner = r) -> None:
-            for _ in range(settings.warmup):
+        def warmup(r: _Runner = r, res: SubjectResult = res) -> None:
+            for i in range(settings.warmup):
                 r.zero_grad()
+                if i < settings.warmup - 1:
+                    r.train_step(x, y)
+                    continue
+                kept = state_bytes(r.model, r.subject.optimizer)  # held before the step
+                mem.start()
                 r.train_step(x, y)
+                res.peak_mem_bytes = kept + mem.stop()
 
         warm.append(wall(warmup, dev))
     times: list[list[list[float]]] = [[] for _ in runners]
     for i in _alternating(len(runners), settings.repeats):
         r = runners[i]
-        first = not times[i]
-        if first:  # the first repeat of each subject also measures its peak memory
-            r.zero_grad()
-            mem.start()
         times[i].append(time_steps(lambda: r.train_step(x, y), settings.steps, dev, before=r.zero_grad))
-        if first:
-            results[i].peak_mem_bytes = mem.stop() + state_bytes(r.model, r.subject.optimizer)
     for res, t, w in zip(results, times, warm):
         res.train = summarize(t, batch, w)
 
@@ -332,11 +334,16 @@ def _data_path(r: _Runner, loader: Any, settings: Settings) -> tuple[float, floa
             count[0] += xb.shape[0]
 
     loader.set_epoch(0)
+    r.model.train()
+    for _, (xb, yb) in zip(range(settings.warmup), loader):  # warm-up on the loader's own batches
+        if cl and xb.dim() == 4:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        r.zero_grad()
+        r.train_step(xb, yb)
     seconds = wall(loader_only, dev)
     loader_img_s = count[0] / max(seconds, 1e-12)
     count[0] = 0
     loader.set_epoch(1)
-    r.model.train()
     seconds = wall(epoch, dev)
     spans = marks.spans()
     load = sum(s[0] for s in spans)
