@@ -5,6 +5,7 @@ machine's load hits both alike; each round times `--steps` steps per model; the 
 img/s. Prints the ratio vaitrain / torchvision (target >= 0.97).
 
     .venv/bin/python scripts/model_speed.py                # CPU, batch 8, 224 px
+    .venv/bin/python scripts/model_speed.py --threads 1 --clock cpu   # on a shared, busy CPU
     .venv/bin/python scripts/model_speed.py --device cuda --batch 64
 """
 from __future__ import annotations
@@ -20,6 +21,10 @@ from torch import nn
 from vaitrain.models import build_model
 from vaitrain.schema.model import DenseNetConfig, ResNetConfig
 from vaitrain.schema.trainer import NormConfig
+
+# cpu: this process's CPU time, robust to other processes sharing the cores; use it with
+# --threads 1 (with more threads it also counts their spin-waiting)
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 CASES = {
     "resnet50": (ResNetConfig(name="resnet50", depth=50, style="imagenet"), torchvision.models.resnet50),
@@ -38,15 +43,15 @@ def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
     return step
 
 
-def timed(step, steps: int, device: torch.device) -> float:
+def timed(step, steps: int, device: torch.device, clock=time.perf_counter) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
-    t = time.perf_counter()
+    t = clock()
     for _ in range(steps):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - t
+    return clock() - t
 
 
 def compare(name: str, args: argparse.Namespace, device: torch.device) -> float:
@@ -71,10 +76,10 @@ def compare(name: str, args: argparse.Namespace, device: torch.device) -> float:
     for r in range(args.rounds):
         order = ["vaitrain", "torchvision"] if r % 2 == 0 else ["torchvision", "vaitrain"]
         for k in order:
-            times[k].append(timed(steps[k], args.steps, device))
+            times[k].append(timed(steps[k], args.steps, device, CLOCKS[args.clock]))
     ips = {k: args.batch * args.steps / statistics.median(v) for k, v in times.items()}
     ratio = ips["vaitrain"] / ips["torchvision"]
-    spread = {k: f"{min(v) / args.steps:.2f}-{max(v) / args.steps:.2f}" for k, v in times.items()}
+    spread = {k: f"{min(v) / args.steps:.3f}-{max(v) / args.steps:.3f}" for k, v in times.items()}
     print(f"{name:12s} vaitrain {ips['vaitrain']:8.2f} img/s   torchvision {ips['torchvision']:8.2f} img/s"
           f"   ratio {ratio:.3f}   (s/step min-max: vaitrain {spread['vaitrain']}, "
           f"torchvision {spread['torchvision']})", flush=True)
@@ -91,15 +96,19 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument("--clock", choices=list(CLOCKS), default="wall",
+                   help="wall time, or this process's CPU time (with --threads 1, on a shared machine)")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--control", action="store_true",
                    help="time a second torchvision copy instead of vaitrain's model (harness noise)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.clock == "cpu" and (args.device != "cpu" or torch.get_num_threads() != 1):
+        p.error("--clock cpu needs --device cpu and --threads 1")
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, device {device}, "
-          f"threads {torch.get_num_threads()}, batch {args.batch}, {args.size} px, "
+          f"threads {torch.get_num_threads()}, clock {args.clock}, batch {args.batch}, {args.size} px, "
           f"{args.rounds} rounds x {args.steps} steps (ABBA)"
           + (", CONTROL: 'vaitrain' is a second torchvision copy" if args.control else ""), flush=True)
     ratios = [compare(name, args, device) for name in args.models]

@@ -40,7 +40,7 @@ def init_report(model: nn.Module, x: Tensor, *,
     for p in model.parameters():
         p.grad = None
 
-    def make_hook(name: str, module: nn.Module):
+    def make_hook(name: str):
         def hook(mod: nn.Module, inputs: tuple, output: Tensor) -> None:
             if not isinstance(output, Tensor):
                 return
@@ -68,7 +68,7 @@ def init_report(model: nn.Module, x: Tensor, *,
 
     for name, module in model.named_modules():
         if isinstance(module, kinds):
-            handles.append(module.register_forward_hook(make_hook(name, module)))
+            handles.append(module.register_forward_hook(make_hook(name)))
     try:
         with torch.enable_grad():
             out = model(x)
