@@ -5,6 +5,7 @@ A meter keeps only sums (tensors on the model's device, never synchronised per b
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -12,7 +13,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 
-class Meter:
+class Meter(ABC):
     """Accumulates named sums over a split; subclasses add `update` and `compute`."""
 
     def __init__(self, shapes: dict[str, tuple[int, ...]], dtypes: dict[str, torch.dtype] | None = None):
@@ -48,14 +49,16 @@ class Meter:
         # A second call would double-count, so the meter is closed from here on.
         self._reduced = True
 
-    def update(self, out: Tensor, y: Tensor) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
+    def update(self, out: Tensor, y: Tensor) -> None:
+        """Add a batch's outputs and targets to the sums."""
 
-    def compute(self) -> dict[str, float]:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
+    def compute(self) -> dict[str, float]:
+        """The metrics (without prefix: loss, acc1, miou, rmse, ...) from the sums."""
 
 
-class Task:
+class Task(ABC):
     """A task: what the model outputs, the loss, the metrics and the images to log."""
 
     name: str = ""
@@ -64,11 +67,13 @@ class Task:
     main_metric: str = "loss"
     main_mode: str = "min"
 
-    def loss(self, out: Tensor, y: Tensor) -> Tensor:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
+    def loss(self, out: Tensor, y: Tensor) -> Tensor:
+        """The scalar training loss of a batch."""
 
-    def new_meter(self) -> Meter:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
+    def new_meter(self) -> Meter:
+        """An empty accumulator for one pass over a split."""
 
     def log_images(self, writer: Any, tag: str, x: Tensor, y: Tensor, out: Tensor, step: int) -> None:
         """Write one image under `tag`: a grid of samples (inputs with targets/predictions)."""
