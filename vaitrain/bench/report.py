@@ -130,12 +130,12 @@ def tables(report: BenchReport) -> list[tuple[str, list[str], list[list[str]]]]:
         data: list[Column] = [name, ("batch", lambda r: str(r["batch"])),
                               ("loader img/s", lambda r: _num(r.get("loader_img_s"))),
                               ("epoch img/s", lambda r: _num(r.get("epoch_img_s"))),
-                              ("model-only img/s", lambda r: _num(r.get("train_img_s"))),
-                              ("epoch/model", lambda r: _ratio(r, "epoch_vs_model")),
-                              ("input share", lambda r: f"{100 * r['epoch_input_share']:.1f}%"
+                              ("model img/s", lambda r: _num(r.get("train_img_s"))),
+                              ("ratio", lambda r: _ratio(r, "epoch_vs_model")),
+                              ("input %", lambda r: f"{100 * r['epoch_input_share']:.1f}"
                                if r.get("epoch_input_share") is not None else "-")]
-        out.append(("data path: an epoch of the loader alone; an epoch end to end (loader + step) and the "
-                    "share of its time spent producing batches", data))
+        out.append(("data path: the loader alone; a training epoch end to end (loader + step) vs the "
+                    "model alone; input % = the epoch's time spent producing batches", data))
     return [(t, [c for c, _ in cols], _cells(rows, cols)) for t, cols in out]
 
 

@@ -5,7 +5,7 @@ copy of the config with the bench settings applied, so the bench times what `vai
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -26,7 +26,6 @@ class BenchReport:
     environment: dict[str, Any]
     settings: dict[str, Any]
     out: Optional[str] = None
-    notes: list[str] = field(default_factory=list)
 
 
 def bench_settings(cfg: DictConfig, device: torch.device) -> Settings:
