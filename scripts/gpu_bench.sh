@@ -51,7 +51,7 @@ nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
 # 1. ResNet-50 and DenseNet-121, 224 px, batch 256, eager; torchvision's networks interleaved (ABBA)
 case_ r50_d121_eager $LIMIT_LONG -m model=resnet50,densenet121 $COMMON $R50 bench.baseline=torchvision bench.split=true bench.data=false
 # 2. CIFAR ResNet-18 (3x3 stem, no max-pool), 32 px, batch 512
-case_ c18_32px $LIMIT_SHORT model=resnet18 model.small_stem=true $COMMON $C18 bench.baseline=torchvision bench.data=false
+case_ c18_32px $LIMIT_SHORT model=resnet18 model.small_stem=true $COMMON $C18 bench.baseline=torchvision bench.split=true bench.data=false
 # 3. U-Net 64..1024, 256 px, batch 16, segmentation masks; no torchvision U-Net: the bare loop is the baseline
 case_ unet_256 $LIMIT_SHORT model=unet task=segmentation $COMMON $UNET bench.baseline=bare bench.data=false
 # 4. The data path: shapes on the GPU (uint8, on-device crop/flip/normalize), one epoch of 50,000
@@ -78,6 +78,13 @@ for f in sorted(out.glob("*.json")):
         print(f"{f.stem:16} {r['model']:12} {r['batch']:>5} {g('train_img_s'):>9} {g('baseline_train_img_s'):>9} "
               f"{g('train_ratio', '{:.3f}'):>6} {ref.get((f.stem, r['model']), '-'):>8} {g('train_tflops', '{:.0f}'):>7} "
               f"{g('peak_fraction', '{:.0%}'):>5} {g('epoch_vs_model', '{:.2f}'):>11} {r['status']} {r.get('note', '')}")
+print("\nforward / backward / optimizer ms (bench.split, synchronized between parts): vaitrain | baseline")
+for f in sorted(out.glob("*.json")):
+    for r in json.loads(f.read_text())["rows"]:
+        if "forward_ms" in r:
+            ours = "/".join(f"{r[k + '_ms']:.2f}" for k in ("forward", "backward", "optimizer"))
+            base = "/".join(f"{r.get('baseline_' + k + '_ms', float('nan')):.2f}" for k in ("forward", "backward", "optimizer"))
+            print(f"{f.stem:16} {r['model']:12} {ours:>22} | {base}")
 if env:
     print({k: env.get(k) for k in ("device_name", "torch", "cuda", "cudnn", "vaitrain")})
 PYEOF

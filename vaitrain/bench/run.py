@@ -105,6 +105,7 @@ def bench_job(cfg: DictConfig, device: torch.device, peak: Optional[float] = Non
     size = int(cfg.bench.image_size or cfg.data.image_size)
     row: dict[str, Any] = {
         "model": str(cfg.model.name), "task": str(cfg.task.name), "data": str(cfg.data.name),
+        "optim": str(cfg.optim.name),
         "image_size": size, "batch": batch_size(cfg), "batch_asked": batch_size(cfg),
         "precision": settings.precision, "channels_last": settings.channels_last,
         "compile": settings.compile, "device": str(device), "status": "ok",
@@ -181,9 +182,10 @@ def measurement_fields(m: Measurement, peak: Optional[float], baseline: str) -> 
     return row
 
 
-def jobs(overrides: Sequence[str], multirun: bool) -> list[tuple[str, DictConfig]]:
-    """(label, config) of every job, all composed (and validated) before the first one runs. The
-    label is the model's name plus the sweep values that differ between jobs (other than model=)."""
+def jobs(overrides: Sequence[str], multirun: bool) -> list[tuple[str, list[str], DictConfig]]:
+    """(label, overrides, config) of every job, all composed (and validated) before the first one
+    runs. The label is the model's name plus the sweep values that differ between jobs (other
+    than model=)."""
     from vaitrain.config import compose, expand_sweep
 
     lists = expand_sweep(overrides) if multirun else [list(overrides)]
@@ -192,7 +194,7 @@ def jobs(overrides: Sequence[str], multirun: bool) -> list[tuple[str, DictConfig
     for job in lists:
         cfg = compose(job)
         varying = [o for o in job if o not in common and not o.startswith("model=")]
-        out.append((" ".join([str(cfg.model.name), *varying]), cfg))
+        out.append((" ".join([str(cfg.model.name), *varying]), job, cfg))
     return out
 
 
@@ -207,7 +209,7 @@ def run_bench(overrides: Sequence[str] = (), multirun: bool = False, progress: P
     from vaitrain.engine.device import resolve_device
 
     labelled = jobs(overrides, multirun)
-    first = labelled[0][1]
+    first = labelled[0][2]
     target = out or first.bench.out
     if target:
         check_out(target)
@@ -217,7 +219,7 @@ def run_bench(overrides: Sequence[str] = (), multirun: bool = False, progress: P
     bench_node = OmegaConf.to_container(first.bench, resolve=True)
     assert isinstance(bench_node, dict)
     report = BenchReport([], environment(device), bench_node, out=str(target) if target else None)
-    for i, (label, cfg) in enumerate(labelled, 1):
+    for i, (label, job, cfg) in enumerate(labelled, 1):
         settings = bench_settings(cfg, device)
         peak = float(cfg.bench.peak_tflops) or None
         if peak is None and device.type == "cuda":
@@ -225,7 +227,7 @@ def run_bench(overrides: Sequence[str] = (), multirun: bool = False, progress: P
         if progress:
             progress(f"[{i}/{len(labelled)}] {label}: batch {batch_size(cfg)}, "
                      f"{int(cfg.bench.image_size or cfg.data.image_size)} px, {settings.precision}")
-        report.rows.append({"label": label, **bench_job(cfg, device, peak)})
+        report.rows.append({"label": label, "overrides": " ".join(job), **bench_job(cfg, device, peak)})
         if target:
             write_out(report, target)
     return report
