@@ -20,12 +20,7 @@ from vaitrain.schema.model import RandWireConfig, ResNetConfig
 from vaitrain.schema.trainer import NormConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # see tests/test_models.py: avoids OpenMP stalls on a shared machine
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest
 
 
 # ------------------------------------------------------------------------------------------------
