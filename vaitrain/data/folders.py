@@ -18,6 +18,7 @@ by DataLoader workers each epoch. Bad files raise DataError naming the file.
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,7 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vaitrain.data.base import Source, TensorSplit, derive_seed, register, resident_mode, subset_indices
-from vaitrain.data.images import image_mode, image_size_of, is_image, load_image, load_pair, parallel_map, stack
+from vaitrain.data.images import check_mask_ids, image_mode, image_size_of, is_image, load_image, load_pair, parallel_map, stack
 from vaitrain.errors import DataError
 
 _VAL_DIRS = ("val", "valid", "validation", "test")
@@ -153,7 +154,11 @@ def build_image_folder(cfg: Any, task: str) -> Source:
     resident = resident_mode(cfg, _decoded_bytes(len(tr) + len(va), channels, size, tr[0][0]))
     train = _split_of([p for p, _ in tr], [y for _, y in tr], mode, size, resident)
     val = _split_of([p for p, _ in va], [y for _, y in va], mode, size, resident)
-    n_cls = max(int(cfg.num_classes), len(classes))
+    declared = int(cfg.num_classes)
+    if declared and len(classes) > declared:
+        raise DataError(f"{where} has {len(classes)} class folders ({classes[declared]} is class id {declared}) "
+                        f"but data.num_classes={declared}: raise data.num_classes or remove the folder")
+    n_cls = max(declared, len(classes))
     return Source(train=train, val=val, in_channels=channels, image_size=_size_of(train, size),
                   num_classes=n_cls, class_names=classes + [str(k) for k in range(len(classes), n_cls)])
 
@@ -215,20 +220,29 @@ def build_seg_folder(cfg: Any, task: str) -> Source:
     resident = resident_mode(cfg, _decoded_bytes(len(tr) + len(va), channels + 1, size, tr[0][0]))
     splits: list[Any] = []
     masks_seen = torch.zeros(256, dtype=torch.bool)
+    mask_files: list[Path] = []
+    mask_values: list[torch.Tensor] = []  # the values each mask file holds
     for pairs in (tr, va):
         imgs, masks = [p for p, _ in pairs], [m for _, m in pairs]
         if resident:
             decoded = parallel_map(lambda i: load_pair(imgs[i], masks[i], mode, size), len(pairs))
             x, y = stack([d[0] for d in decoded], imgs), stack([d[1] for d in decoded], masks, "masks")
-            masks_seen |= _mask_values([y])
+            mask_values += [torch.unique(d[1]) for d in decoded]
             splits.append(TensorSplit(x, y))
         else:  # value scan of the masks (small files) for the class count and the binary check
             from vaitrain.data.images import load_mask
 
-            masks_seen |= _mask_values(parallel_map(lambda i: load_mask(masks[i], 0), len(masks)))
+            mask_values += parallel_map(lambda i: torch.unique(load_mask(masks[i], 0)), len(masks))
             splits.append(FileDataset(imgs, None, mode, size, masks=masks))
+        mask_files += masks
+    masks_seen |= _mask_values(mask_values)
     values = masks_seen.nonzero().flatten().tolist()
     binary = set(values) <= {0, 255}
+    declared = int(cfg.num_classes)
+    if declared and not binary:
+        check_mask_ids(mask_values, mask_files, [*range(min(declared, 255)), 255],
+                       f"data.num_classes={declared} allows 0..{declared - 1} (255 = ignore): "
+                       "fix the mask or raise data.num_classes")
     if binary:  # 0/255 masks: foreground 1
         for s in splits:
             if isinstance(s, TensorSplit):
@@ -275,10 +289,15 @@ def _read_csv(path: Path, target_columns: list[str]) -> tuple[list[Path], torch.
         if not img.is_file():
             raise DataError(f"missing file {img} (listed in {path}:{line})")
         try:
-            values.append([float(row[c]) for c in cols])
+            numbers = [float(row[c]) for c in cols]
         except ValueError:
             bad = next(c for c in cols if not _is_float(row[c]))
             raise DataError(f"{path}:{line}: column '{header[bad]}' value '{row[bad]}' is not a number") from None
+        for c, v in zip(cols, numbers):  # nan, inf, 1e999: a loss that is NaN from the first step
+            if not math.isfinite(v):
+                raise DataError(f"{path}:{line}: column '{header[c]}' value '{row[c].strip()}' is not a finite "
+                                "number: fix or drop the row")
+        values.append(numbers)
         paths.append(img)
     return paths, torch.tensor(values, dtype=torch.float32), [header[c] for c in cols]
 

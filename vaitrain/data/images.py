@@ -7,6 +7,7 @@ thread pool (PIL releases the GIL while decoding).
 from __future__ import annotations
 
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence, TypeVar
@@ -27,15 +28,41 @@ def is_image(path: Path) -> bool:
     return path.suffix.lower() in IMG_EXTENSIONS
 
 
+# An image over PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS, ~89 Mpixel) is refused,
+# not merely warned about: vaitrain decodes whole folders into memory, a few such files fill it.
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+
+
+def _too_large(path: Path) -> DataError:
+    limit = Image.MAX_IMAGE_PIXELS
+    return DataError(
+        f"image {path} is too large to decode safely (over {limit:,} pixels, PIL's decompression-bomb "
+        "limit): shrink or remove the file"
+    )
+
+
+def _check_pixels(im: Image.Image, path: Path) -> None:
+    """The same limit where the warning filter is not in force (e.g. replaced by a test runner's)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and im.size[0] * im.size[1] > limit:
+        im.close()
+        raise _too_large(path)
+
+
 def _open(path: Path) -> Image.Image:
     if not path.is_file():
         raise DataError(f"missing file {path}")
     try:
         im = Image.open(path)
+        _check_pixels(im, path)
         im.load()  # decode now, so a truncated or corrupt file fails here
         return im
     except UnidentifiedImageError:
         raise DataError(f"cannot read image {path}: corrupt or not an image file") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise _too_large(path) from None
+    except MemoryError:
+        raise DataError(f"out of memory decoding image {path}: shrink the file or free memory") from None
     except (OSError, SyntaxError, ValueError) as err:  # truncated data, bad chunks ...
         raise DataError(f"cannot read image {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
 
@@ -58,7 +85,10 @@ def image_size_of(path: Path) -> tuple[int, int]:
     """(width, height) without decoding the pixels."""
     try:
         with Image.open(path) as im:
+            _check_pixels(im, path)
             return im.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise _too_large(path) from None
     except (OSError, SyntaxError, ValueError) as err:
         raise DataError(f"cannot read image {path}: {err}") from None
 
@@ -126,3 +156,15 @@ def stack(items: Sequence[torch.Tensor], paths: Sequence[Path], what: str = "ima
                 f"{tuple(t.shape)[-1]}x{tuple(t.shape)[-2]}): set data.image_size=N to resize them all"
             )
     return torch.stack(list(items))
+
+
+def check_mask_ids(masks: Sequence[torch.Tensor], paths: Sequence[Path], valid: Sequence[int], hint: str) -> None:
+    """Every mask value must be one of `valid` (class ids and the ignore value): a value beyond
+    them is a wrong file or a wrong data.num_classes, named here rather than growing the classes."""
+    allowed = torch.zeros(256, dtype=torch.bool)
+    allowed[torch.as_tensor(list(valid), dtype=torch.long)] = True
+    for mask, path in zip(masks, paths):
+        values = torch.unique(mask).long()
+        bad = values[~allowed[values]]
+        if bad.numel():
+            raise DataError(f"mask {path} has class id {int(bad[0])}: {hint}")

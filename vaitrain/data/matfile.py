@@ -2,7 +2,9 @@
 
 scipy.io.loadmat is used when scipy is installed; otherwise this small reader handles the subset
 SVHN needs: level-5 MAT files, zlib-compressed or plain elements, real numeric matrices (other
-variables are skipped). Format: MATLAB "MAT-File Format" (level 5), sections 1-3.
+variables are skipped). Format: MATLAB "MAT-File Format" (level 5), sections 1-3. Neither path
+runs code from the file (no pickle); a damaged or hostile file is one DataError, and a compressed
+variable that would inflate past MAX_ELEMENT_BYTES is refused rather than filling the memory.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import numpy as np
 from vaitrain.errors import DataError
 
 _MI_MATRIX, _MI_COMPRESSED = 14, 15
+MAX_ELEMENT_BYTES = 2 << 30  # SVHN's largest variable (train X) is 157 MB
 _DATA_TYPES = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 9: "f8", 12: "i8", 13: "u8"}
 _CLASSES = {6: "f8", 7: "f4", 8: "i1", 9: "u1", 10: "i2", 11: "u2", 12: "i4", 13: "u4", 14: "i8", 15: "u8"}
 
@@ -27,12 +30,15 @@ def load_mat(path: Path) -> dict[str, np.ndarray]:
         return _read(path)
     try:
         return {k: v for k, v in scipy.io.loadmat(str(path)).items() if isinstance(v, np.ndarray)}
-    except Exception as err:  # scipy raises several types for a bad file
-        raise DataError(f"cannot read {path}: {err}") from None
+    except Exception as err:  # scipy raises several types for a bad file (it never runs code from one)
+        raise DataError(f"cannot read {path}: {' '.join(str(err).split())[:160] or type(err).__name__}") from None
 
 
 def _read(path: Path) -> dict[str, np.ndarray]:
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err.strerror or err}") from None
     if len(data) < 128 or not data.startswith(b"MATLAB 5.0 MAT-file"):
         if data.startswith(b"MATLAB 7.3"):
             raise DataError(f"{path} is a MAT v7.3 (HDF5) file: pip install scipy h5py, or save it as v5")
@@ -46,14 +52,24 @@ def _read(path: Path) -> dict[str, np.ndarray]:
         while pos + 8 <= len(data):
             dtype, payload, pos = _element(data, pos, order)
             if dtype == _MI_COMPRESSED:
-                inner = zlib.decompress(payload)
+                inner = _inflate(payload, path)
                 dtype, payload, _ = _element(inner, 0, order)
             if dtype == _MI_MATRIX:
                 item = _matrix(payload, order)
                 if item is not None:
                     out[item[0]] = item[1]
-    except (struct.error, zlib.error, ValueError) as err:
+    except (struct.error, zlib.error, ValueError, KeyError, MemoryError) as err:
         raise DataError(f"cannot read {path}: corrupt MAT file ({err})") from None
+    return out
+
+
+def _inflate(payload: bytes, path: Path) -> bytes:
+    """A compressed element, refused past MAX_ELEMENT_BYTES (a zlib bomb would fill the memory)."""
+    inflater = zlib.decompressobj()
+    out = inflater.decompress(payload, MAX_ELEMENT_BYTES)
+    if inflater.unconsumed_tail:
+        raise DataError(f"{path} holds a variable over {MAX_ELEMENT_BYTES >> 30} GiB uncompressed: "
+                        "not a dataset file vaitrain reads")
     return out
 
 
@@ -79,5 +95,7 @@ def _matrix(buf: bytes, order: str) -> tuple[str, np.ndarray] | None:
     if cls not in _CLASSES:
         return None  # cell, struct, char, sparse ...: not needed here
     dtype, real, pos = _element(buf, pos, order)
+    if dtype not in _DATA_TYPES:
+        raise ValueError(f"unknown data type {dtype} in variable {name.decode('ascii', 'replace')!r}")
     arr = np.frombuffer(real, order + _DATA_TYPES[dtype]).astype(_CLASSES[cls])
     return name.decode("ascii", "replace"), arr.reshape(dims, order="F")

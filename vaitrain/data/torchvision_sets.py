@@ -15,18 +15,21 @@ VOC keeps its 255 object borders as ignore.
 from __future__ import annotations
 
 import gzip
-import pickle
 import struct
+import tarfile
+import zlib
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from vaitrain.data.base import Source, TensorSplit, register, subset_indices
-from vaitrain.data.images import load_image, load_pair, parallel_map, stack
+from vaitrain.data.images import check_mask_ids, load_image, load_pair, parallel_map, stack
 from vaitrain.data.matfile import load_mat
+from vaitrain.data.safe_pickle import load_arrays
 from vaitrain.errors import DataError
 
 VOC_CLASSES = [
@@ -36,8 +39,26 @@ VOC_CLASSES = [
 _DIGITS = [str(d) for d in range(10)]
 
 
+@contextmanager
+def _safe_tar_extraction() -> Iterator[None]:
+    """torchvision extracts archives with tarfile's default filter, which on Python < 3.14 writes
+    wherever a member's name points (../../.bashrc, absolute paths, links out). The "data" filter
+    refuses those; a refused archive then fails the presence check like a failed download."""
+    previous = tarfile.TarFile.extraction_filter
+    tarfile.TarFile.extraction_filter = staticmethod(tarfile.data_filter)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        tarfile.TarFile.extraction_filter = previous  # type: ignore[assignment]
+
+
 def _download(dataset: str, root: Path) -> None:
     """Let torchvision fetch (or extract an archive already in root). Tests replace this."""
+    with _safe_tar_extraction():
+        _torchvision_download(dataset, root)
+
+
+def _torchvision_download(dataset: str, root: Path) -> None:
     import torchvision.datasets as tvd
 
     r = str(root)
@@ -113,10 +134,12 @@ def _read_idx(path: Path) -> np.ndarray:
     try:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as f:
-            data = f.read()
-    except OSError as err:
+            data = f.read(MAX_IDX_BYTES + 1)  # a gzip bomb stops here, not at the memory's end
+    except (OSError, EOFError, zlib.error) as err:  # truncated or damaged gzip
         raise DataError(f"cannot read {path}: {err}") from None
-    if len(data) < 4 or data[:2] != b"\0\0" or data[2] != 0x08:
+    if len(data) > MAX_IDX_BYTES:
+        raise DataError(f"{path} holds over {MAX_IDX_BYTES >> 30} GiB: not an MNIST idx file")
+    if len(data) < 4 or data[:2] != b"\0\0" or data[2] != 0x08 or len(data) < 4 + 4 * data[3]:
         raise DataError(f"{path} is not an idx file of uint8 (MNIST format)")
     ndim = data[3]
     dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
@@ -125,6 +148,8 @@ def _read_idx(path: Path) -> np.ndarray:
         raise DataError(f"{path} is truncated: {arr.size} bytes for shape {dims}")
     return arr.reshape(dims)
 
+
+MAX_IDX_BYTES = 1 << 30  # MNIST's largest file is 47 MB
 
 _MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                 "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -144,6 +169,7 @@ def _mnist_like(cfg: Any, dataset: str, folder: str, title: str, classes: list[s
         images, labels = _read_idx(find(img_name)), _read_idx(find(lbl_name))  # type: ignore[arg-type]
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise DataError(f"{find(img_name)} and {find(lbl_name)} do not match: {images.shape} images, {labels.shape} labels")
+        check_labels(labels, len(classes), find(lbl_name))  # type: ignore[arg-type]
         splits.append((torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))))
     return _classification(cfg, splits[0], splits[1], classes)
 
@@ -161,12 +187,20 @@ def build_fashion_mnist(cfg: Any, task: str) -> Source:
 
 # ---------------------------------------------------------------- CIFAR-10, CIFAR-100
 
-def _unpickle(path: Path) -> dict:
-    try:
-        with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
-    except Exception as err:  # unpickling a damaged file raises many types
-        raise DataError(f"cannot read {path}: {err}") from None
+def _unpickle(path: Path, title: str) -> dict:
+    """A CIFAR batch: a pickled dict, read by an unpickler that builds numpy arrays and nothing else."""
+    entry = load_arrays(path, f"{title} batch")
+    if not isinstance(entry, dict):
+        raise DataError(f"{path} is not a {title} batch (a {type(entry).__name__}, not a dict)")
+    return entry
+
+
+def check_labels(labels: np.ndarray, num_classes: int, where: Path) -> None:
+    """Class ids must lie in [0, num_classes): a larger one is a bad file, never a new class."""
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        bad = int(labels.max() if labels.max() >= num_classes else labels.min())
+        raise DataError(f"{where} has class id {bad}, outside 0..{num_classes - 1} "
+                        f"({num_classes} classes): the file is damaged or of another dataset")
 
 
 def _cifar(cfg: Any, dataset: str) -> Source:
@@ -181,17 +215,27 @@ def _cifar(cfg: Any, dataset: str) -> Source:
     _ensure(cfg, dataset, title, lambda: all((base / f).is_file() for f in train_files + val_files + [meta]), base,
             f"{archive} or the extracted {folder}/ in {cfg.root}/")
 
+    n_classes = 10 if ten else 100
+
     def read(files: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         xs, ys = [], []
         for f in files:
-            entry = _unpickle(base / f)
+            entry = _unpickle(base / f, title)
             if "data" not in entry or label_key not in entry:
                 raise DataError(f"{base / f} is not a {title} batch (no 'data' / '{label_key}')")
-            xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            ys.append(np.asarray(entry[label_key], dtype=np.int64))
+            try:
+                x = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+                y = np.asarray(entry[label_key], dtype=np.int64).reshape(-1)
+            except (TypeError, ValueError) as err:
+                raise DataError(f"{base / f} is not a {title} batch ({' '.join(str(err).split())[:100]})") from None
+            if len(x) != len(y):
+                raise DataError(f"{base / f} has {len(x)} images but {len(y)} labels")
+            check_labels(y, n_classes, base / f)
+            xs.append(x)
+            ys.append(y)
         return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
-    classes = [str(c) for c in _unpickle(base / meta).get(names_key, [])]
+    classes = [str(c) for c in _unpickle(base / meta, title).get(names_key, [])]
     return _classification(cfg, read(train_files), read(val_files), classes)
 
 
@@ -218,20 +262,26 @@ def build_svhn(cfg: Any, task: str) -> Source:
         mat = load_mat(path)
         if "X" not in mat or "y" not in mat:
             raise DataError(f"{path} has no 'X' and 'y' arrays: not an SVHN file")
+        if mat["X"].ndim != 4 or mat["X"].shape[2] != 3 or mat["X"].shape[3] != mat["y"].size:
+            raise DataError(f"{path} holds X of shape {mat['X'].shape} and {mat['y'].size} labels: not an SVHN file")
         x = np.ascontiguousarray(np.transpose(mat["X"], (3, 2, 0, 1)), dtype=np.uint8)  # (32,32,3,N) -> N,3,32,32
         y = mat["y"].astype(np.int64).reshape(-1)
         y[y == 10] = 0  # SVHN labels the digit 0 as 10
+        check_labels(y, 10, path)
         splits.append((torch.from_numpy(x), torch.from_numpy(y)))
     return _classification(cfg, splits[0], splits[1], list(_DIGITS))
 
 
 # ---------------------------------------------------------------- Oxford-IIIT Pet, VOC (file lists)
 
-def _decode_list(images: list[Path], targets: Any, masks: list[Path] | None, size: int, map_mask: Any = None) -> TensorSplit:
+def _decode_list(images: list[Path], targets: Any, masks: list[Path] | None, size: int, map_mask: Any = None,
+                 mask_ids: tuple[list[int], str] = ([], "")) -> TensorSplit:
+    """Decode image files (and masks, whose values must be among mask_ids' list)."""
     if masks is None:
         x = stack(parallel_map(lambda i: load_image(images[i], "RGB", size), len(images)), images)
         return TensorSplit(x, torch.as_tensor(targets, dtype=torch.long))
     pairs = parallel_map(lambda i: load_pair(images[i], masks[i], "RGB", size), len(images))
+    check_mask_ids([p[1] for p in pairs], masks, *mask_ids)
     y = stack([p[1] for p in pairs], masks, "masks")
     return TensorSplit(stack([p[0] for p in pairs], images), map_mask(y) if map_mask is not None else y)
 
@@ -242,6 +292,17 @@ def _read_list(path: Path) -> list[list[str]]:
     except OSError as err:
         raise DataError(f"cannot read {path}: {err}") from None
     return [ln.split() for ln in lines if ln.strip() and not ln.startswith("#")]
+
+
+def _pet_label(row: list[str], where: Path) -> int:
+    """The 0-based breed of a list line `<id> <class 1..37> <species> <breed>`."""
+    try:
+        label = int(row[1])
+    except (IndexError, ValueError):
+        raise DataError(f"{where}: line '{' '.join(row)}' is not '<image id> <class 1..37> ...'") from None
+    if not 1 <= label <= 37:
+        raise DataError(f"{where}: line '{' '.join(row)}' has class id {label}, outside 1..37")
+    return label - 1
 
 
 @register("oxford_pets", ("segmentation", "classification"))
@@ -262,17 +323,18 @@ def build_oxford_pets(cfg: Any, task: str) -> Source:
         if not rows:
             raise DataError(f"{ann / list_name} lists no images")
         ids = [r[0] for r in rows]
-        labels = [int(r[1]) - 1 for r in rows]
+        labels = [_pet_label(r, ann / list_name) for r in rows]
         for i, k in zip(ids, labels):
             names.setdefault(k, " ".join(part.title() for part in i.rsplit("_", 1)[0].split("_")))
         images = [base / "images" / f"{i}.jpg" for i in ids]
         masks = [ann / "trimaps" / f"{i}.png" for i in ids] if seg else None
-        splits.append(_decode_list(images, labels, masks, int(cfg.image_size), lambda y: lut[y.long()]))
+        splits.append(_decode_list(images, labels, masks, int(cfg.image_size), lambda y: lut[y.long()],
+                                   ([1, 2, 3], "Oxford-IIIT Pet trimaps hold 1, 2 and 3 only; replace the file")))
     size = int(splits[0].images.shape[-1])
     if seg:
         return Source(train=splits[0], val=splits[1], in_channels=3, image_size=size, num_classes=2,
                       class_names=["background", "pet"])
-    n_cls = max(37, max(names) + 1, int(cfg.num_classes))
+    n_cls = max(37, int(cfg.num_classes))
     return Source(train=splits[0], val=splits[1], in_channels=3, image_size=size, num_classes=n_cls,
                   class_names=[names.get(k, str(k)) for k in range(n_cls)])
 
@@ -292,6 +354,8 @@ def build_voc(cfg: Any, task: str) -> Source:
             raise DataError(f"{lists / f'{split}.txt'} lists no images")
         images = [base / "JPEGImages" / f"{i}.jpg" for i in ids]
         masks = [base / "SegmentationClass" / f"{i}.png" for i in ids]
-        splits.append(_decode_list(images, None, masks, int(cfg.image_size)))
+        splits.append(_decode_list(images, None, masks, int(cfg.image_size), None,
+                                   ([*range(len(VOC_CLASSES)), 255], f"VOC masks hold class ids 0..{len(VOC_CLASSES) - 1} "
+                                    "and 255 (object borders); replace the file")))
     return Source(train=splits[0], val=splits[1], in_channels=3, image_size=int(splits[0].images.shape[-1]),
                   num_classes=len(VOC_CLASSES), class_names=list(VOC_CLASSES))
