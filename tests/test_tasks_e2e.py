@@ -7,9 +7,8 @@ import math
 
 import torch
 
-from vaitrain.config import prepare
 from vaitrain.data.shapes import generate
-from vaitrain.engine import train
+from vaitrain.engine import prepare, train
 
 COMMON = ["data.num_train=1024", "data.num_val=256", "data.image_size=16", "trainer.batch_size=32",
           "trainer.progress=none", "optim.lr=0.003", "data.augment=false"]

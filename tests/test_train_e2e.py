@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vaitrain.config import compose, prepare
-from vaitrain.engine import evaluate_run, train
+from vaitrain.config import compose
+from vaitrain.engine import evaluate_run, prepare, train
 from vaitrain.track.metrics_log import read_metrics
 
 # Tiny but real: ResNet-20 at quarter width on 16 px shapes.

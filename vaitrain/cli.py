@@ -76,7 +76,7 @@ def train(
     if multirun:
         sweep_main(overrides)
         return
-    from vaitrain.config import prepare
+    from vaitrain.engine.resume import prepare
 
     given = list(overrides)
     cfg, overrides = prepare(overrides)

@@ -11,8 +11,7 @@ from typing import Any, Iterable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from vaitrain.errors import ConfigError, RunDirError, check_choice, closest_first
-from vaitrain.track import rundir as _rundir
+from vaitrain.errors import ConfigError, check_choice, closest_first
 from vaitrain.schema.root import GROUP_SCHEMAS, SCHEMA_PREFIX, register_schemas
 
 GROUPS = tuple(GROUP_SCHEMAS)
@@ -279,33 +278,3 @@ def expand_sweep(overrides: Sequence[str]) -> list[list[str]]:
 
 def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
-
-
-def load_yaml(path: Path) -> DictConfig:
-    cfg = OmegaConf.load(path)
-    assert isinstance(cfg, DictConfig)
-    return cfg
-
-
-def resume_overrides(run_dir: Path, extra: list[str]) -> list[str]:
-    """The overrides that re-create a run's config: its own overrides.txt, then the new ones
-    (which win), then resume=<run_dir>."""
-    run_dir = Path(run_dir)
-    if not _rundir.is_run_dir(run_dir):
-        raise RunDirError(
-            f"resume={run_dir} is not a vaitrain run directory (no config.yaml / checkpoints/); "
-            "pass a folder like runs/<date>/<run>"
-        )
-    saved_file = run_dir / _rundir.OVERRIDES_FILE
-    saved = [l.strip() for l in saved_file.read_text().splitlines() if l.strip()] if saved_file.is_file() else []
-    saved = [o for o in saved if not o.startswith("resume=")]
-    extra = [o for o in extra if not o.startswith("resume=")]
-    return saved + extra + [f"resume={run_dir}"]
-
-
-def prepare(overrides: list[str]) -> tuple[DictConfig, list[str]]:
-    """Compose the config for `vaitrain train`; with resume=DIR, the run's own overrides come first."""
-    resume = [o for o in overrides if o.startswith("resume=")]
-    if resume:
-        overrides = resume_overrides(Path(resume[-1].split("=", 1)[1]), overrides)
-    return compose(overrides), overrides

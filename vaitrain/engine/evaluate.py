@@ -13,6 +13,9 @@ from vaitrain.engine.components import build_components
 from vaitrain.engine.device import autocast, resolve_device, resolve_precision
 from vaitrain.errors import CheckpointError, RunDirError
 from vaitrain.track import rundir
+from vaitrain.track.runs import saved_overrides
+
+VAL_SAMPLES = "val/samples"  # TensorBoard tag of the validation sample images
 
 
 @torch.no_grad()
@@ -37,24 +40,19 @@ def evaluate_model(model: torch.nn.Module, loader: Any, task: Any, precision: st
     return result, meter
 
 
-def run_validation(trainer: Any, progress: Any, tb: Any, epoch: int) -> dict[str, float]:
-    """The per-epoch validation pass of a Trainer; logs sample images on the main rank."""
-    cfg = trainer.cfg
-    task = trainer.c.task
-    image_every = int(cfg.trainer.image_every)
-    log_images = tb is not None and image_every > 0 and epoch % image_every == 0
+def run_validation(model: torch.nn.Module, loader: Any, task: Any, *, precision: str, device: torch.device,
+                   channels_last: bool = False, images: Any = None, step: int = 0) -> dict[str, float]:
+    """The per-epoch validation pass: metrics as `val/<name>`. With `images` (a TensorBoard
+    writer, on the epochs that log them), sample images of the first batch at `step`."""
 
     def first_batch(x: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> None:
-        if log_images:
-            task.log_images(tb, "val/samples", x, y, out, trainer.step)
+        if images is not None:
+            task.log_images(images, VAL_SAMPLES, x, y, out, step)
 
-    metrics, meter = evaluate_model(
-        trainer.model, trainer.c.data.val, task, trainer.precision, trainer.device,
-        bool(cfg.trainer.channels_last), first_batch,
-    )
+    metrics, meter = evaluate_model(model, loader, task, precision, device, channels_last, first_batch)
     epoch_images = getattr(task, "log_epoch_images", None)
-    if log_images and epoch_images is not None:
-        epoch_images(tb, meter, trainer.step)
+    if images is not None and epoch_images is not None:
+        epoch_images(images, meter, step)
     return {f"val/{k}": v for k, v in metrics.items()}
 
 
@@ -68,9 +66,7 @@ def load_run_config(run_dir: Path, extra: list[str] = ()) -> tuple[DictConfig, l
     run_dir = Path(run_dir)
     if not rundir.is_run_dir(run_dir):
         raise RunDirError(f"'{run_dir}' is not a vaitrain run directory (no config.yaml / checkpoints/)")
-    saved_file = run_dir / rundir.OVERRIDES_FILE
-    saved = [l.strip() for l in saved_file.read_text().splitlines() if l.strip()] if saved_file.is_file() else []
-    overrides = [o for o in saved if not o.startswith("resume=")] + list(extra)
+    overrides = saved_overrides(run_dir) + list(extra)
     return compose(overrides), overrides
 
 

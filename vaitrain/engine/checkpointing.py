@@ -1,0 +1,97 @@
+"""A run's directory and checkpoints, and the stop signals that end a run with a checkpoint.
+
+`RunStore` makes (or, on resume, reopens) the run directory, reads the checkpoint to resume from
+and writes checkpoints atomically from the main rank. `StopFlag` turns SIGINT/SIGTERM into a
+request the loop honours after the current step.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from vaitrain.engine import dist
+from vaitrain.engine.checkpoint import check_task, load_checkpoint, remove_partial_checkpoints, save_checkpoint
+from vaitrain.track import rundir
+
+LAST = "last.pt"
+BEST = "best.pt"
+
+
+class StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop stops after the current step and writes last.pt."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def handler(signum: int, _frame: Any) -> None:
+            if self.signum and signum == signal.SIGINT:  # a second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            # A repeated SIGTERM is the same request: SLURM signals every process of a job step
+            # and torchrun forwards its own SIGTERM too; SIGKILL is the way to stop at once.
+            self.signum = self.signum or signum
+
+        for s in old:
+            signal.signal(s, handler)
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def agree(self) -> int:
+        """The signal to stop on, the same on every rank: a signal that reached any rank stops all
+        of them (one small CPU all-reduce per step when distributed); 0 for none."""
+        return dist.agree_max(self.signum)
+
+
+class RunStore:
+    def __init__(self, ctx: dist.DistContext, resume_from: Path | None = None) -> None:
+        self.ctx = ctx
+        self.run_dir: Path | None = resume_from
+
+    @property
+    def folder(self) -> Path:
+        assert self.run_dir is not None
+        return self.run_dir / rundir.CKPT_DIR
+
+    @property
+    def last(self) -> Path:
+        return self.folder / LAST
+
+    def resume_state(self, task: str) -> dict[str, Any]:
+        """The state to resume from (last.pt), refused when it was trained for another task."""
+        state = load_checkpoint(self.last, map_location="cpu")
+        check_task(self.last, state, task)
+        return state
+
+    def open(self, base: Path, *, model: str, data: str, name: str, dated: bool, config_yaml: str,
+             overrides: list[str], device: torch.device) -> Path:
+        """Only once everything is built and checked is anything written: a new run gets its
+        directory (made by rank 0, which tells the other ranks where it is, or the error on every
+        rank); a resumed run's folder loses the temp files a killed save left."""
+        if self.run_dir is None:
+            def make() -> Path:
+                run = rundir.create_run_dir(base, model, data, name, dated=dated)
+                rundir.write_run_files(run, config_yaml, overrides, device)
+                return run
+
+            self.run_dir = dist.on_main(make, self.ctx)
+        elif self.ctx.is_main:
+            remove_partial_checkpoints(self.folder)
+        return self.run_dir
+
+    def save(self, name: str, state: dict[str, Any]) -> None:
+        if self.ctx.is_main:
+            save_checkpoint(self.folder / name, state)
