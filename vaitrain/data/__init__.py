@@ -13,6 +13,8 @@ import torch
 
 from vaitrain.data import folders, shapes, torchvision_sets  # noqa: F401  (register the sources)
 from vaitrain.data.base import SOURCES, Source, TensorSplit, check_task, resident_mode
+from vaitrain.data.augment import AugmentSpec
+from vaitrain.data.mix import MixSpec
 from vaitrain.data.loader import DeviceLoader, StreamLoader, TensorDataset, Transform, iterate_raw
 from vaitrain.data.stats import check_stats, chunks, image_stats, target_stats
 from vaitrain.errors import ConfigError
@@ -33,6 +35,7 @@ class DataBundle:
     target_names: list[str] = field(default_factory=list)  # regression: a name per target column
     name: str = ""
     task: str = ""
+    notes: list[str] = field(default_factory=list)  # one-line remarks to show at the start of a run
 
 
 def list_datasets() -> list[str]:
@@ -40,7 +43,7 @@ def list_datasets() -> list[str]:
 
 
 def build_data(data_cfg: Any, task_name: str, *, device: Any, batch_size: int, val_batch_size: int, seed: int,
-               stats: dict | None = None, rank: int = 0, world_size: int = 1) -> DataBundle:
+               stats: dict | None = None, rank: int = 0, world_size: int = 1, ignore_index: int = 255) -> DataBundle:
     """Build the train/val loaders of data_cfg for task_name.
 
     batch_size and val_batch_size are global: each of the world_size ranks gets 1/world_size of
@@ -70,8 +73,8 @@ def build_data(data_cfg: Any, task_name: str, *, device: Any, batch_size: int, v
     transform = Transform(
         task=task_name, mean=stats["mean"], std=stats["std"],
         target_mean=stats.get("target_mean"), target_std=stats.get("target_std"),
-        augment=bool(data_cfg.augment) and task_name != "regression",  # see loader.py
-        pad=int(data_cfg.crop_padding), flip=bool(data_cfg.flip),
+        augment=str(data_cfg.augment).lower() != "false", spec=augment_spec(data_cfg),
+        mix=mix_spec(data_cfg, task_name, src.num_classes), ignore_index=ignore_index, image_size=src.image_size,
     )
     common = dict(seed=seed, rank=rank, world_size=world_size, device=device)
     return DataBundle(
@@ -86,7 +89,32 @@ def build_data(data_cfg: Any, task_name: str, *, device: Any, batch_size: int, v
         target_names=list(src.target_names),
         name=name,
         task=task_name,
+        notes=list(src.notes),
     )
+
+
+def augment_spec(cfg: Any) -> AugmentSpec:
+    """The training augmentation the data config asks for (loader.py applies it per sample)."""
+    scale, ratio = [float(v) for v in cfg.resized_crop_scale], [float(v) for v in cfg.resized_crop_ratio]
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+        raise ConfigError(f"data.resized_crop_scale={scale} must be [min, max] with 0 < min <= max <= 1")
+    if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
+        raise ConfigError(f"data.resized_crop_ratio={ratio} must be [min, max] with 0 < min <= max")
+    return AugmentSpec(
+        pad=int(cfg.crop_padding), flip=bool(cfg.flip), vflip=bool(cfg.vflip), rotate=bool(cfg.rotate), crop=int(cfg.crop),
+        resized_crop=bool(cfg.resized_crop), rrc_scale=(scale[0], scale[1]), rrc_ratio=(ratio[0], ratio[1]),
+        trivial=str(cfg.augment).lower() == "trivial", jitter=float(cfg.color_jitter), hue=float(cfg.hue),
+        erasing=float(cfg.erasing),
+    )
+
+
+def mix_spec(cfg: Any, task: str, num_classes: int) -> MixSpec:
+    """Mixup/CutMix of the data config; classification only (a mixed mask or target means nothing)."""
+    spec = MixSpec(mixup=float(cfg.mixup), cutmix=float(cfg.cutmix), prob=float(cfg.mixup_prob),
+                   switch_prob=float(cfg.mixup_switch_prob), num_classes=num_classes)
+    if spec.active and task != "classification":
+        raise ConfigError(f"data.mixup/data.cutmix mix class labels: they need task=classification, not task={task}")
+    return spec
 
 
 def _place(split: Any, cfg: Any, device: torch.device) -> Any:

@@ -53,6 +53,7 @@ class Source:
     target_dim: int = 0  # regression
     class_names: list[str] = field(default_factory=list)
     target_names: list[str] = field(default_factory=list)  # regression: one name per target column
+    notes: list[str] = field(default_factory=list)  # one-line remarks for the user (e.g. a strong shrink)
 
 
 Builder = Callable[[Any, str], Source]

@@ -44,6 +44,7 @@ def build_components(
         stats=stats,
         rank=rank,
         world_size=world_size,
+        ignore_index=int(cfg.task.ignore_index),
     )
     task = build_task(cfg.task, data)
     net = build_model(
