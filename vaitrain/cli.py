@@ -30,8 +30,13 @@ OVERRIDES_HELP = "Hydra overrides: group=option (optim=adam) or key=value (train
 
 
 def fail(message: str, code: int = 2) -> None:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {one_line(message)}", err=True)
     raise typer.Exit(code)
+
+
+def one_line(message: str) -> str:
+    """Control characters (a newline inside an override, a file name) shown escaped: one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
 
 
 def one_line_errors(fn: F) -> F:
@@ -133,10 +138,35 @@ def sweep_main(overrides: list[str]) -> None:
     typer.echo(f"sweep: {len(result.jobs)} jobs, {len(failed)} failed; {result.sweep_dir / SWEEP_FILE}")
     for job in failed:
         typer.echo(f"job{job.index:02d} ({' '.join(job.overrides)}) failed: {job.error}", err=True)
+    if result.interrupted or failed:
+        typer.echo(f"continue with: vaitrain train -m resume={result.sweep_dir}", err=True)
     if result.interrupted:
         raise typer.Exit(130)
     if failed:
         raise typer.Exit(1)
+
+
+@app.command(context_settings={"allow_extra_args": False})
+@one_line_errors
+def search(overrides: Optional[List[str]] = typer.Argument(None, help=(
+        "Search space and fixed overrides: optim.lr=log(1e-4,1e-1) model.width_mult=choice(0.5,1,2) "
+        "search.trials=40; resume=SEARCH_DIR continues one."))) -> None:
+    """Search hyper-parameters with Optuna (TPE, pruning, SQLite storage); each trial is a normal run."""
+    from vaitrain.search import run_search
+
+    result = run_search(list(overrides or []), progress=lambda line: typer.echo(line, err=True))
+    rows = [[t["number"], t["state"].lower(), t["value"], t["epochs"],
+             " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["params"].items()),
+             Path(t["run_dir"]).name if t["run_dir"] else ""] for t in result.trials]
+    console.print(_table(f"study '{result.study}': {result.direction} {result.metric}, best first",
+                         ["trial", "state", result.metric, "epochs", "params", "run"], rows))
+    best = result.best
+    if best:
+        typer.echo(f"best: trial {best['number']} {result.metric}={best['value']:.4g} {best['params']} {best['run_dir']}")
+    typer.echo(f"search: {result.search_dir} (storage {result.storage})")
+    if result.interrupted:
+        typer.echo(f"continue with: vaitrain search resume={result.search_dir}", err=True)
+        raise typer.Exit(130)
 
 
 @app.command("eval")
@@ -172,10 +202,15 @@ def config(overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_
 @one_line_errors
 def models(overrides: Optional[List[str]] = typer.Argument(None, help="e.g. data.image_size=64 task=segmentation")) -> None:
     """Every model with its parameters and GFLOPs at the chosen data's resolution."""
+    from vaitrain.track.progress import for_stderr
     from vaitrain.zoo import model_table
 
-    rows, size = model_table(list(overrides or []))
-    console.print(_table(f"models at {size} px", ["model", "params", "GFLOPs (forward)", "GFLOPs (train step)", "note"], rows))
+    progress = for_stderr()
+    try:
+        rows, size = model_table(list(overrides or []), progress)
+    finally:
+        progress.close()
+    console.print(_table(f"models at {size} px", ["model", "params", "GFLOPs fwd", "GFLOPs train", "note"], rows))
 
 
 @app.command()
