@@ -48,6 +48,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "bench.precision": ("auto", "fp32", "bf16", "fp16"),
     "bench.mode": ("train", "infer", "both"),
     "bench.baseline": ("none", "torchvision", "bare"),
+    "sweep.launcher": ("local", "slurm"),
+    "search.launcher": ("local", "slurm"),
+    "search.direction": ("auto", "maximize", "minimize"),
+    "search.sampler": ("tpe", "random"),
+    "search.pruner": ("median", "halving", "none"),
 }
 
 # Numeric bounds: key -> (minimum, maximum or None).
@@ -103,6 +108,18 @@ BOUNDS: dict[str, tuple[float, float | None]] = {
     "bench.repeats": (1, None),
     "bench.peak_tflops": (0.0, None),
     "bench.data_batches": (0, None),
+    "sweep.parallel": (1, None),
+    "search.parallel": (1, None),
+    "search.trials": (1, None),
+    "search.startup_trials": (0, None),
+    "search.warmup_epochs": (0, None),
+    "search.heartbeat": (1, None),
+    "sweep.slurm.gpus_per_job": (0, None),
+    "sweep.slurm.cpus_per_job": (1, None),
+    "sweep.slurm.timeout_min": (1, None),
+    "search.slurm.gpus_per_job": (0, None),
+    "search.slurm.cpus_per_job": (1, None),
+    "search.slurm.timeout_min": (1, None),
 }
 
 
@@ -276,13 +293,40 @@ def validate(cfg: DictConfig) -> None:
 
 
 def expand_sweep(overrides: Sequence[str]) -> list[list[str]]:
-    """The Cartesian product of sweep overrides (`a,b`, `range(...)`, `choice(...)`) as job lists."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    """The Cartesian product of sweep overrides as job lists: `a,b`, `choice(...)`, `range(...)`
+    and, for a config group, `glob(...)` over its options (e.g. `model=glob(resnet*,exclude=resnet110)`).
+
+    Built on Hydra's public override parser (hydra.core.override_parser), not on its sweeper's
+    internals; as Hydra's own sweeper does, a key given twice keeps its first place, last value."""
+    import itertools
+
+    from hydra.core.override_parser.types import Glob
 
     parsed = _parse(overrides)
-    _check_group_choices(parsed)
-    batches = BasicSweeper.split_arguments(parsed, None)
-    return [list(job) for batch in batches for job in batch]
+    axes: dict[str, list[str]] = {}
+    for ov in parsed:
+        key = ov.get_key_element()
+        if ov.is_interval_sweep():
+            raise ConfigError(
+                f"'{key}=interval(...)' is a continuous range, which a grid cannot list: "
+                "give values (a,b,c or range(start,stop,step)) or search it with `vaitrain search`"
+            )
+        if isinstance(ov.value(), Glob):
+            if ov.key_or_group not in GROUPS:
+                raise ConfigError(
+                    f"'{key}=glob(...)' matches config-group options (e.g. model=glob(resnet*)); "
+                    f"{key} is no group: list its values as a,b,c"
+                )
+            options = ov.value().filter(group_options(ov.key_or_group))
+            if not options:
+                raise ConfigError(f"'{ov.input_line}' matches none of {key}'s options: {', '.join(group_options(key))}")
+            axes[key] = [f"{key}={o}" for o in options]
+        elif ov.is_sweep_override():
+            axes[key] = [f"{key}={v}" for v in ov.sweep_string_iterator()]
+        else:
+            axes[key] = [f"{key}={ov.get_value_element_as_str()}"]
+    _check_group_choices(p for p in _parse([v for values in axes.values() for v in values]))
+    return [list(job) for job in itertools.product(*axes.values())]
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -1,25 +1,27 @@
 """Sweeps: the Cartesian product of Hydra sweep overrides, one run directory per job.
 
 Every job is composed and validated before the first starts, so a typo in one value fails with
-nothing written. The jobs run one after another in this process under one sweep directory
-<out_dir>/<date>/<time>-sweep-<id>/ whose sweep.json records each job's status as it finishes.
+nothing written. The jobs run under one sweep directory <out_dir>/<date>/<time>-sweep-<id>/ whose
+sweep.json records each job's status as it starts and ends: one after another in this process
+(sweep.parallel=1), N at once in child processes (sweep.parallel=N), or as SLURM jobs
+(sweep.launcher=slurm; see vaitrain.jobs). `resume=<sweep dir>` continues a sweep: completed jobs
+are skipped, stopped or killed ones resume from their last.pt, the others start.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import json
-import re
-import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from vaitrain.config import compose, expand_sweep
-from vaitrain.errors import ConfigError, RunDirError, VaitrainError
+from vaitrain.errors import ConfigError, RunDirError
+from vaitrain.jobs import JobSpec, find_run_dir, make_launcher, one_line, run_jobs
 from vaitrain.track.files import write_text_atomic
-from vaitrain.track.rundir import check_writable
+from vaitrain.track.rundir import CKPT_DIR, check_writable, create_unique_dir
 
 SWEEP_FILE = "sweep.json"
 
@@ -54,11 +56,7 @@ class SweepResult:
         return [j for j in self.jobs if j.status == "failed"]
 
 
-def plan_sweep(overrides: Sequence[str]) -> list[tuple[list[str], DictConfig]]:
-    """Every job's overrides and composed, validated config; raises ConfigError on the first bad one."""
-    if any(o.split("=", 1)[0].lstrip("+~") == "resume" for o in overrides):
-        raise ConfigError("resume= continues one run: use it without -m/--multirun")
-    jobs = expand_sweep(overrides)
+def _compose_jobs(jobs: list[list[str]]) -> list[tuple[list[str], DictConfig]]:
     planned = []
     for job in jobs:
         try:
@@ -70,23 +68,23 @@ def plan_sweep(overrides: Sequence[str]) -> list[tuple[list[str], DictConfig]]:
         if int(cfg.trainer.devices) > 1:  # the jobs run in this process, one after another
             raise ConfigError("a sweep runs its jobs in one process: drop trainer.devices (>1) with -m")
         planned.append((job, cfg))
+    if len({OmegaConf.to_yaml(cfg.sweep) for _, cfg in planned}) > 1:
+        raise ConfigError("sweep.* says how the whole sweep runs: give it one value, not a list")
     return planned
+
+
+def plan_sweep(overrides: Sequence[str]) -> list[tuple[list[str], DictConfig]]:
+    """Every job's overrides and composed, validated config; raises ConfigError on the first bad one."""
+    if any(o.split("=", 1)[0].lstrip("+~") == "resume" for o in overrides):
+        raise ConfigError("resume= continues one run: use it without -m/--multirun "
+                          "(with -m it continues a sweep: resume=<sweep folder holding sweep.json>)")
+    return _compose_jobs(expand_sweep(overrides))
 
 
 def _create_sweep_dir(out_dir: Path) -> Path:
     check_writable(out_dir)
     now = _dt.datetime.now()
-    day = Path(out_dir) / now.strftime("%Y-%m-%d")
-    for _ in range(100):
-        path = day / f"{now.strftime('%H-%M-%S')}-sweep-{secrets.token_hex(3)}"
-        try:
-            path.mkdir(parents=True, exist_ok=False)
-        except FileExistsError:
-            continue
-        except OSError as err:
-            raise RunDirError(f"cannot create sweep directory '{path}': {err.strerror or err}") from None
-        return path
-    raise RunDirError(f"could not find a free sweep directory name under {day}")
+    return create_unique_dir(Path(out_dir) / now.strftime("%Y-%m-%d"), f"{now.strftime('%H-%M-%S')}-sweep", "sweep")
 
 
 def _write(result: SweepResult, started: str) -> None:
@@ -96,14 +94,6 @@ def _write(result: SweepResult, started: str) -> None:
         "jobs": [asdict(j) for j in result.jobs],
     }
     write_text_atomic(result.sweep_dir / SWEEP_FILE, json.dumps(doc, indent=2) + "\n")
-
-
-def _job_dir(sweep_dir: Path, tag: str) -> str | None:
-    """The run directory a job made, found by its name tag (a failed job returns no result)."""
-    # create_run_dir names it <time>-<model>-<data>-[<name>_]<tag>-<id> (its slug turns '-' into '_')
-    pattern = re.compile(rf"[-_]{tag}-[0-9a-f]+$")
-    found = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir() and pattern.search(p.name))
-    return found[-1] if found else None
 
 
 def _relative(run_dir: Any, sweep_dir: Path) -> str | None:
@@ -119,11 +109,41 @@ def _stop_after(result: SweepResult, job: SweepJob) -> None:
         later.status = "interrupted"
 
 
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    if isinstance(err, VaitrainError):
-        return text or type(err).__name__
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+def _is_resume(overrides: Sequence[str]) -> Path | None:
+    given = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == "resume"]
+    if given and (Path(given[-1]) / SWEEP_FILE).is_file():
+        return Path(given[-1])
+    return None
+
+
+def plan_resume(sweep_dir: Path, extra: Sequence[str]) -> tuple[SweepResult, str, list[tuple[list[str], DictConfig]]]:
+    """A stopped sweep's jobs still to run, each composed: a job with a last.pt resumes from it."""
+    from vaitrain.engine.resume import resume_overrides
+
+    others = [o for o in extra if o.split("=", 1)[0] != "resume"]
+    bad = [o for o in others if not o.split("=", 1)[0].startswith("sweep.")]
+    if bad:
+        raise ConfigError(f"'{bad[0]}': resuming a sweep runs its jobs as they were; only sweep.* "
+                          "(e.g. sweep.parallel=2) may be given with resume=")
+    try:
+        doc = json.loads((sweep_dir / SWEEP_FILE).read_text())
+        jobs = [SweepJob(**j) for j in doc["jobs"]]
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise RunDirError(f"cannot read {sweep_dir / SWEEP_FILE} ({err}); is it a vaitrain sweep folder?") from None
+    result = SweepResult(sweep_dir, list(doc.get("overrides", [])), jobs)
+    todo = []
+    for job in jobs:
+        if job.status == "completed":
+            continue
+        run_dir = sweep_dir / job.run_dir if job.run_dir else None
+        if run_dir is not None and (run_dir / CKPT_DIR / "last.pt").is_file():
+            todo.append(resume_overrides(run_dir, list(others)))
+        else:
+            job.run_dir = None
+            todo.append([*job.overrides, *others])
+    planned = _compose_jobs(todo) if todo else []
+    started = str(doc.get("started", ""))
+    return result, started, planned
 
 
 def run_sweep(
@@ -137,44 +157,78 @@ def run_sweep(
 
     `out_dir` defaults to the composed config's out_dir (the same for every job); `progress`
     gets one line as each job starts and ends (the CLI prints them). `train_fn` defaults to
-    vaitrain.engine.train, imported once every job has been composed."""
+    vaitrain.engine.train, imported once every job has been composed; it is used when the jobs
+    run in this process (sweep.parallel=1, sweep.launcher=local). With resume=<sweep dir> the
+    sweep's unfinished jobs run (see plan_resume)."""
+    sweep_dir = _is_resume(overrides)
+    if sweep_dir is not None:
+        result, started, planned = plan_resume(sweep_dir, overrides)
+        pending = [j for j in result.jobs if j.status != "completed"]
+        settings = compose([*(pending[0].overrides if pending else []),
+                            *[o for o in overrides if o.startswith("sweep.")]]).sweep
+    else:
+        planned = plan_sweep(overrides)
+        settings = planned[0][1].sweep
+        if out_dir is None:
+            dirs = {str(cfg.out_dir) for _, cfg in planned}
+            if len(dirs) > 1:
+                raise ConfigError("out_dir cannot be swept: give one out_dir for the whole sweep")
+            out_dir = dirs.pop()
+        sweep_dir = _create_sweep_dir(Path(out_dir))
+        result = SweepResult(sweep_dir, list(overrides), [SweepJob(i, job) for i, (job, _) in enumerate(planned)])
+        pending = list(result.jobs)
+        started = _dt.datetime.now().isoformat(timespec="seconds")
+    for job in pending:
+        job.status, job.error, job.seconds = "pending", None, None
+    _write(result, started)
+    if not pending:
+        return result
+    in_process = int(settings.parallel) == 1 and str(settings.launcher) == "local"
+    if in_process:
+        _run_in_process(result, started, list(zip(pending, planned)), train_fn, progress)
+    else:
+        _run_in_processes(result, started, list(zip(pending, planned)), settings, progress)
+    return result
+
+
+def _announce(result: SweepResult, job: SweepJob, progress: Progress | None) -> None:
+    if progress:  # only the swept values: the rest is the same for every job
+        common = set.intersection(*(set(j.overrides) for j in result.jobs)) if len(result.jobs) > 1 else set()
+        swept = [o for o in job.overrides if o not in common] or job.overrides
+        progress(f"sweep job {job.index + 1}/{len(result.jobs)}: {' '.join(swept)}")
+
+
+def _tag(job: SweepJob, cfg: DictConfig) -> tuple[str, str]:
+    tag = f"job{job.index:02d}"
+    return tag, f"{cfg.name}-{tag}" if cfg.get("name") else tag
+
+
+def _run_in_process(result: SweepResult, started: str, work: list[tuple[SweepJob, tuple[list[str], DictConfig]]],
+                    train_fn: TrainFn | None, progress: Progress | None) -> None:
     import time
 
-    planned = plan_sweep(overrides)
     if train_fn is None:
         from vaitrain.engine import train as train_fn
-    if out_dir is None:
-        dirs = {str(cfg.out_dir) for _, cfg in planned}
-        if len(dirs) > 1:
-            raise ConfigError("out_dir cannot be swept: give one out_dir for the whole sweep")
-        out_dir = dirs.pop()
-    sweep_dir = _create_sweep_dir(Path(out_dir))
-    result = SweepResult(sweep_dir, list(overrides), [SweepJob(i, job) for i, (job, _) in enumerate(planned)])
-    started = _dt.datetime.now().isoformat(timespec="seconds")
-    _write(result, started)
-    common = set.intersection(*(set(j.overrides) for j in result.jobs)) if len(result.jobs) > 1 else set()
-    for job, (job_overrides, cfg) in zip(result.jobs, planned):
-        tag = f"job{job.index:02d}"
-        name = f"{cfg.name}-{tag}" if cfg.get("name") else tag
+    sweep_dir = result.sweep_dir
+    for job, (job_overrides, cfg) in work:
+        tag, name = _tag(job, cfg)
         job.status = "running"
         _write(result, started)
-        if progress:  # only the swept values: the rest is the same for every job
-            swept = [o for o in job_overrides if o not in common] or job_overrides
-            progress(f"sweep job {job.index + 1}/{len(result.jobs)}: {' '.join(swept)}")
+        _announce(result, job, progress)
         t0 = time.perf_counter()
         try:
             run = train_fn(cfg, job_overrides, out_dir=sweep_dir, dated=False, name=name)
         except KeyboardInterrupt:
-            job.status, job.run_dir = "interrupted", _job_dir(sweep_dir, tag)
+            job.status, job.run_dir = "interrupted", job.run_dir or _found(sweep_dir, tag)
             _stop_after(result, job)
             _write(result, started)
             raise
         except Exception as err:  # one job's failure (even a bug) must not end the sweep
-            job.status, job.error = "failed", _one_line(err)
-            job.run_dir = _job_dir(sweep_dir, tag)
+            job.status, job.error = "failed", one_line(err)
+            job.run_dir = job.run_dir or _found(sweep_dir, tag)
         else:
             job.status = str(getattr(run, "status", "completed"))
-            job.run_dir = _relative(getattr(run, "run_dir", None), sweep_dir) or _job_dir(sweep_dir, tag)
+            job.run_dir = _relative(getattr(run, "run_dir", None), sweep_dir) or _found(sweep_dir, tag)
             if getattr(run, "signal", 0):  # Ctrl-C/SIGTERM stopped this job: stop the sweep too
                 _stop_after(result, job)
         job.seconds = round(time.perf_counter() - t0, 3)
@@ -183,4 +237,49 @@ def run_sweep(
             progress(f"sweep job {job.index + 1}/{len(result.jobs)} failed: {job.error}")
         if result.interrupted:
             break
-    return result
+
+
+def _found(sweep_dir: Path, tag: str) -> str | None:
+    found = find_run_dir(sweep_dir, tag)
+    return Path(found).name if found else None
+
+
+def _run_in_processes(result: SweepResult, started: str, work: list[tuple[SweepJob, tuple[list[str], DictConfig]]],
+                      settings: DictConfig, progress: Progress | None) -> None:
+    """sweep.parallel=N / sweep.launcher=slurm: each job in its own process (vaitrain.jobs)."""
+    import time
+
+    sweep_dir = result.sweep_dir
+    uses_gpu = any(str(cfg.trainer.device) != "cpu" for _, (_, cfg) in work)
+    launcher = make_launcher(settings, sweep_dir, uses_gpu, progress)
+    queue = list(work)
+    t0: dict[int, float] = {}
+
+    def next_job() -> tuple[SweepJob, JobSpec] | None:
+        if not queue:
+            return None
+        job, (job_overrides, cfg) = queue.pop(0)
+        _, name = _tag(job, cfg)
+        return job, JobSpec(list(job_overrides), str(sweep_dir), name)
+
+    def on_start(job: SweepJob, _running: object) -> None:
+        job.status = "running"
+        t0[job.index] = time.perf_counter()
+        _write(result, started)
+        _announce(result, job, progress)
+
+    def on_done(job: SweepJob, outcome: dict) -> None:
+        job.status = str(outcome["status"])
+        job.error = outcome.get("error") if job.status == "failed" else None
+        job.run_dir = _relative(outcome.get("run_dir"), sweep_dir) or job.run_dir
+        job.seconds = round(time.perf_counter() - t0[job.index], 3)
+        _write(result, started)
+        if progress and job.status == "failed":
+            progress(f"sweep job {job.index + 1}/{len(result.jobs)} failed: {job.error}")
+
+    signum = run_jobs(launcher, next_job, on_start, on_done)
+    if signum:
+        result.interrupted = True
+        for job, _ in queue:
+            job.status = "interrupted"
+        _write(result, started)

@@ -11,7 +11,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 import torch
 from omegaconf import DictConfig
@@ -30,10 +30,13 @@ from vaitrain.engine.step import MIN_LOSS_SCALE, OptimizerStep, check_finite, me
 __all__ = ["MIN_LOSS_SCALE", "RunResult", "Trainer", "train"]
 
 
+EpochHook = Callable[[int, dict[str, float]], Optional[str]]
+
+
 @dataclass
 class RunResult:
     run_dir: Path | None
-    status: str  # completed | stopped
+    status: str  # completed | stopped | failed | a status on_epoch ended it with (e.g. pruned)
     metrics: dict[str, float] = field(default_factory=dict)
     epoch: int = 0
     step: int = 0
@@ -54,8 +57,10 @@ def _setup_process(cfg: DictConfig, ctx: dist.DistContext, device: torch.device)
 
 
 class Trainer:
-    def __init__(self, cfg: DictConfig, overrides: list[str], *, out_dir: Path | None, dated: bool, name: str):
+    def __init__(self, cfg: DictConfig, overrides: list[str], *, out_dir: Path | None, dated: bool, name: str,
+                 on_epoch: EpochHook | None = None):
         self.cfg = cfg
+        self.on_epoch = on_epoch
         self.config_yaml = to_yaml(cfg)  # serialized once: run files, TensorBoard, every checkpoint
         self.ctx = dist.from_environment()
         self.device = dist.device_for_rank(resolve_device(cfg.trainer.device), self.ctx)
@@ -160,6 +165,10 @@ class Trainer:
                     self._save(LAST)
                     if improved:
                         self._save(BEST)
+                    ended = self.on_epoch(self.epoch, last) if self.on_epoch is not None else None
+                    if ended and self.epoch < epochs:  # e.g. a search's pruner: records say "pruned"
+                        status = str(ended)
+                        break
                     if self._agree_stop(stop) and self.epoch < epochs:  # a signal in the last step/validation
                         status = "stopped"
                         break
@@ -275,6 +284,8 @@ class Stopwatch:
 
 
 def train(cfg: DictConfig, overrides: list[str], *, out_dir: Path | None = None, dated: bool = True,
-          name: str = "") -> RunResult:
-    """Train (or resume, when cfg.resume is set) and return where the records went."""
-    return Trainer(cfg, overrides, out_dir=out_dir, dated=dated, name=name).fit()
+          name: str = "", on_epoch: EpochHook | None = None) -> RunResult:
+    """Train (or resume, when cfg.resume is set) and return where the records went. `on_epoch(epoch,
+    metrics)` runs after each epoch's record and checkpoint (single process); a status it returns
+    (e.g. "pruned") ends the run with that status."""
+    return Trainer(cfg, overrides, out_dir=out_dir, dated=dated, name=name, on_epoch=on_epoch).fit()

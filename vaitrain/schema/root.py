@@ -16,6 +16,7 @@ from vaitrain.schema.model import (
     UNetConfig,
 )
 from vaitrain.schema.optim import OptimConfig, SchedConfig
+from vaitrain.schema.search import SearchConfig, SweepConfig
 from vaitrain.schema.task import TaskConfig
 from vaitrain.schema.trainer import BenchConfig, NormConfig, TrainerConfig
 
@@ -50,6 +51,8 @@ class RootConfig:
     norm: NormConfig = field(default_factory=NormConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)  # train -m: jobs at once, launcher
+    search: SearchConfig = field(default_factory=SearchConfig)  # vaitrain search (Optuna)
     seed: int = 0
     out_dir: str = "runs"  # run directories go under <out_dir>/<date>/
     resume: Optional[str] = None  # a run directory to continue

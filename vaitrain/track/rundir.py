@@ -46,29 +46,35 @@ def _run_id() -> str:
     return secrets.token_hex(3)
 
 
+def create_unique_dir(parent: Path, stem: str, what: str = "run") -> Path:
+    """A new directory <parent>/<stem>-<random id>; mkdir(exist_ok=False) retries on a clash, so
+    two processes starting in the same second never share one (runs, sweeps and searches)."""
+    for _ in range(100):
+        path = Path(parent) / f"{stem}-{_run_id()}"
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise RunDirError(f"cannot create {what} directory '{path}': {err.strerror or err}") from None
+        return path
+    raise RunDirError(f"could not find a free {what} directory name under {parent}")
+
+
 def create_run_dir(
     out_dir: Path, model: str, data: str, name: str = "", *, dated: bool = True
 ) -> Path:
     """A new, unique run directory <out_dir>/<date>/<time>-<model>-<data>[-<name>]-<id>
-    (without the <date> level when dated=False, as for the jobs of a sweep). Two runs started in
-    the same second never collide: the random id differs and mkdir(exist_ok=False) retries."""
+    (without the <date> level when dated=False, as for the jobs of a sweep)."""
     check_writable(out_dir)
     now = _dt.datetime.now()
     day = Path(out_dir) / now.strftime("%Y-%m-%d") if dated else Path(out_dir)
     parts = [now.strftime("%H-%M-%S"), _slug(model), _slug(data)]
     if name:
         parts.append(_slug(name))
-    for _ in range(100):
-        run = day / "-".join(parts + [_run_id()])
-        try:
-            run.mkdir(parents=True, exist_ok=False)
-        except FileExistsError:
-            continue
-        except OSError as err:
-            raise RunDirError(f"cannot create run directory '{run}': {err.strerror or err}") from None
-        (run / CKPT_DIR).mkdir()
-        return run
-    raise RunDirError(f"could not find a free run directory name under {day}")
+    run = create_unique_dir(day, "-".join(parts))
+    (run / CKPT_DIR).mkdir()
+    return run
 
 
 def is_run_dir(path: Path) -> bool:
