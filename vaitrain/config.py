@@ -75,6 +75,7 @@ BOUNDS: dict[str, tuple[float, float | None]] = {
     "data.cutmix": (0.0, None),
     "data.mixup_prob": (0.0, 1.0),
     "data.mixup_switch_prob": (0.0, 1.0),
+    "trainer.ema": (0.0, 0.999999),
     "data.num_workers": (0, None),
     "data.noise": (0.0, None),
     "model.dropout": (0.0, 0.999),

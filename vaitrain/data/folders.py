@@ -160,7 +160,18 @@ def build_image_folder(cfg: Any, task: str) -> Source:
                         f"but data.num_classes={declared}: raise data.num_classes or remove the folder")
     n_cls = max(declared, len(classes))
     return Source(train=train, val=val, in_channels=channels, image_size=_size_of(train, size),
-                  num_classes=n_cls, class_names=classes + [str(k) for k in range(len(classes), n_cls)])
+                  num_classes=n_cls, class_names=classes + [str(k) for k in range(len(classes), n_cls)],
+                  notes=_shrink_notes(tr[0][0], size))
+
+
+def _shrink_notes(first: Path, size: int) -> list[str]:
+    """One line when data.image_size shrinks the images by more than 2x (details lost; data.crop
+    trains on full-resolution windows instead)."""
+    w, h = image_size_of(first)
+    if size and min(w, h) > 2 * size:
+        return [f"images like {first.name} ({w}x{h}) are shrunk to {size}x{size} (data.image_size={size}); "
+                f"data.image_size=0 keeps their size, data.crop=N trains on N px windows of them"]
+    return []
 
 
 def _size_of(split: Any, size: int) -> int:
@@ -255,7 +266,7 @@ def build_seg_folder(cfg: Any, task: str) -> Source:
     n_cls = max(n_cls, int(cfg.num_classes))
     names = ["background"] + [f"class{k}" for k in range(1, n_cls)]
     return Source(train=splits[0], val=splits[1], in_channels=channels, image_size=_size_of(splits[0], size),
-                  num_classes=n_cls, class_names=names)
+                  num_classes=n_cls, class_names=names, notes=_shrink_notes(tr[0][0], size))
 
 
 # ---------------------------------------------------------------- csv_regression (regression)

@@ -86,10 +86,17 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", overrides: list[str] =
     if cfg.trainer.channels_last:
         c.model.to(memory_format=torch.channels_last)
     metrics, _ = evaluate_model(c.model, c.data.val, c.task, precision, device, bool(cfg.trainer.channels_last))
+    found = {f"val/{k}": v for k, v in metrics.items()}
+    if "ema" in state:  # trainer.ema: the weight average too (best.pt was chosen on it)
+        from vaitrain.engine.ema import ema_weights
+
+        c.model.load_state_dict(ema_weights(state["ema"]))
+        averaged, _ = evaluate_model(c.model, c.data.val, c.task, precision, device, bool(cfg.trainer.channels_last))
+        found.update({f"val_ema/{k}": v for k, v in averaged.items()})
     return {
         "checkpoint": str(path),
         "epoch": int(state.get("epoch", 0)),
         "step": int(state.get("step", 0)),
-        "metrics": {f"val/{k}": v for k, v in metrics.items()},
-        "main_metric": f"val/{c.task.main_metric}",
+        "metrics": found,
+        "main_metric": f"{'val_ema' if 'ema' in state else 'val'}/{c.task.main_metric}",
     }

@@ -21,6 +21,7 @@ from vaitrain.engine import dist
 from vaitrain.engine.checkpoint import check_compatible
 from vaitrain.engine.checkpointing import BEST, LAST, RunStore, StopFlag
 from vaitrain.engine.components import build_components
+from vaitrain.engine.ema import WeightEMA
 from vaitrain.engine.device import resolve_device, resolve_precision, rng_state, seed_everything, set_rng_state
 from vaitrain.engine.evaluate import run_validation
 from vaitrain.engine.layer_stats import LayerStats
@@ -91,6 +92,9 @@ class Trainer:
             self.parts.opt, self.model, step_model, precision=self.precision, device=self.device,
             accum=int(cfg.trainer.grad_accum), clip=float(cfg.optim.grad_clip), distributed=self.ctx.enabled,
         )
+        self.ema = WeightEMA(self.model, float(cfg.trainer.ema)) if float(cfg.trainer.ema) > 0 else None
+        if self.ema is not None:  # averaged after every optimizer step
+            self.optstep.after_step_hooks.append(self.ema.update)
         self.epoch = 0  # completed epochs
         self.batch_in_epoch = 0  # micro-batches of the current epoch already done (mid-epoch resume)
         self.step = 0  # optimizer steps
@@ -108,6 +112,7 @@ class Trainer:
             "model_name": self.cfg.model.name,
             "task": self.cfg.task.name,
             "model": self.model.state_dict(),
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
             **self.optstep.state_dict(),  # optimizer, scheduler, scaler, skipped_steps
             "rng": rng_state(),
             "epoch": self.epoch,
@@ -121,6 +126,8 @@ class Trainer:
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
+        if self.ema is not None and "ema" in state:  # (trainer.ema added on resume: starts from here)
+            self.ema.load_state_dict(state["ema"])
         self.optstep.load_state_dict(state)
         set_rng_state(state["rng"])
         self.epoch = int(state["epoch"])
@@ -145,6 +152,8 @@ class Trainer:
         try:
             records.open(resumed=self.resume_state is not None, epoch=self.epoch, step=self.step,
                          config_yaml=self.config_yaml, model=self.model)
+            for note in self.parts.data.notes:  # e.g. images shrunk by more than 2x
+                records.progress.line(note)
             with stop.installed():
                 while self.epoch < epochs:
                     train_metrics = self._train_epoch(stop)
@@ -159,6 +168,8 @@ class Trainer:
                         device=self.device, channels_last=bool(self.cfg.trainer.channels_last),
                         images=records.image_writer(self.epoch), step=self.step,
                     )
+                    if self.ema is not None:
+                        val.update(self._validate_ema())
                     last = {**train_metrics, **val}
                     improved = self._update_best(val)
                     records.epoch(self.epoch, self.step, last, self.task.main_metric)
@@ -192,8 +203,15 @@ class Trainer:
                        f"continue with: vaitrain train resume={self.run_dir}")
         return RunResult(self.run_dir, status, last, self.epoch, self.step, message, self.stop_signum)
 
+    def _validate_ema(self) -> dict[str, float]:
+        """The weight average's validation metrics, as val_ema/<name>."""
+        assert self.ema is not None
+        val = run_validation(self.ema.module, self.parts.data.val, self.task, precision=self.precision,
+                             device=self.device, channels_last=bool(self.cfg.trainer.channels_last))
+        return {"val_ema/" + k.split("/", 1)[1]: v for k, v in val.items()}
+
     def _update_best(self, val: dict[str, float]) -> bool:
-        key = f"val/{self.task.main_metric}"
+        key = f"{'val_ema' if self.ema is not None else 'val'}/{self.task.main_metric}"  # best.pt: the EMA's
         value = val.get(key)
         if value is None or not math.isfinite(value):
             return False
