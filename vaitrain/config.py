@@ -15,6 +15,7 @@ from vaitrain.errors import ConfigError, check_choice, closest_first
 from vaitrain.schema.root import GROUP_SCHEMAS, SCHEMA_PREFIX, register_schemas
 
 GROUPS = tuple(GROUP_SCHEMAS)
+EXPERIMENT = "experiment"  # the recipes' group: conf/experiment/<name>.yaml, deltas only
 
 # Enumerated string options: key -> valid values. Checked after composition so YAML files and
 # command-line values are held to the same list.
@@ -186,7 +187,9 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     from hydra import initialize_config_dir
     from hydra.errors import HydraException, MissingConfigException
 
-    overrides = list(overrides)
+    # A recipe (conf/experiment/, or the user's folder on hydra.searchpath) is a group outside the
+    # defaults list, so `experiment=NAME` means `+experiment=NAME`.
+    overrides = [f"+{o}" if o.split("=", 1)[0] == EXPERIMENT else o for o in overrides]
     parsed = _parse(overrides)
     # `+group.key=` would add a key no schema knows, so a typo would pass silently. `+group=option`
     # (a user's experiment file) stays; `_target_`-style keys get their own refusal in validate().
