@@ -38,8 +38,8 @@ def test_hparams_written_by_tbwriter_are_readable(tmp_path: Path) -> None:
                     config=merged(**{"optim.name": "adam", "optim.lr": 0.003}))
     hp = read_hparams(run / "tb")
     assert hp["hparams"] == {"optim.name": "adam", "optim.lr": 0.003}
-    assert sorted(hp["metrics"]) == ["hparam/val/acc1", "hparam/val/loss"]
-    assert "hparam/val/acc1" in hp["scalars"]  # the final values, for the HParams table
+    assert sorted(hp["metrics"]) == ["val/acc1", "val/loss"]  # the run's own tags, whose last values HParams shows
+    assert not [t for t in hp["scalars"] if t.startswith("hparam/")]  # no one-point cards
 
 
 def _get(url: str, data: bytes | None = None) -> Any:
@@ -80,7 +80,7 @@ def test_real_tensorboard_server_lists_runs_and_tags(tmp_path: Path) -> None:
         # the HParams dashboard's API sees the hyper-parameters and the final metrics
         exp = _get(f"{base}/data/plugin/hparams/experiment", json.dumps({"experimentName": ""}).encode())
         assert {h["name"] for h in exp["hparamInfos"]} == {"optim.name", "optim.lr"}
-        assert {m["name"]["tag"] for m in exp["metricInfos"]} == {"hparam/val/acc1", "hparam/val/loss"}
+        assert {m["name"]["tag"] for m in exp["metricInfos"]} == {"val/acc1", "val/loss"}
     finally:
         proc.terminate()
         try:

@@ -210,9 +210,10 @@ def load_run(path: Path | str) -> Run:
     # no final record: still running, or killed before it could write one
     status = str(final.get("status", "completed")) if js.final is not None else "in progress"
     wall = _float(final.get("wall_time"))
-    throughput = _float(final.get("throughput"))
-    if throughput is None and series.get("throughput") and series["throughput"].values:
-        throughput = series["throughput"].values[-1]
+    throughput = _float(final.get("train/throughput", final.get("throughput")))  # before: "throughput"
+    for tag in ("train/throughput", "throughput"):
+        if throughput is None and series.get(tag) and series[tag].values:
+            throughput = series[tag].values[-1]
     params = final.get("params")
     return Run(
         path, flat, series, js.epoch_ends, status,

@@ -26,4 +26,4 @@ def save_model_artifacts(model: nn.Module, run_dir: Path, tb: Any) -> None:
         image = draw_graphs(net)
     except Exception:  # drawing needs matplotlib (an optional extra); the edge lists are saved
         return
-    tb.image("model/graphs", image, 0, dataformats="HWC")
+    tb.image("wiring/graphs", image, 0, dataformats="HWC")

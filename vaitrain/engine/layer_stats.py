@@ -45,11 +45,11 @@ class LayerStats:
             tag = f"{i:03d}_{name or 'root'}"
             act = self.acts.get(name)
             if act is not None:
-                out[f"layers/act_mean/{tag}"] = act.mean().item()
-                out[f"layers/act_std/{tag}"] = act.std().item() if act.numel() > 1 else 0.0
+                out[f"watch/act_mean/{tag}"] = act.mean().item()
+                out[f"watch/act_std/{tag}"] = act.std().item() if act.numel() > 1 else 0.0
             grad = module.weight.grad
             if grad is not None:
-                out[f"layers/grad_norm/{tag}"] = grad.detach().float().norm().item()
+                out[f"watch/grad_norm/{tag}"] = grad.detach().float().norm().item()
         return out
 
     def histograms(self) -> dict[str, torch.Tensor]:
@@ -57,7 +57,7 @@ class LayerStats:
         for i, (name, module) in enumerate(self.layers):
             tag = f"{i:03d}_{name or 'root'}"
             if name in self.acts:
-                out[f"layers_hist/act/{tag}"] = self.acts[name].flatten()[:100_000]
+                out[f"watch_hist/act/{tag}"] = self.acts[name].flatten()[:100_000]
             if module.weight.grad is not None:
-                out[f"layers_hist/grad/{tag}"] = module.weight.grad.detach().flatten()[:100_000]
+                out[f"watch_hist/grad/{tag}"] = module.weight.grad.detach().flatten()[:100_000]
         return out

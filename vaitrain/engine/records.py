@@ -20,17 +20,31 @@ from vaitrain.track import rundir
 from vaitrain.track.metrics_log import MetricsLog, truncate_after_step
 from vaitrain.track.progress import Progress
 
+# TensorBoard's Time Series view sorts its sections by tag name (digits and '/' first, then
+# character order) and opens the first two: the "train" and "val" sections, so the loss, the
+# learning rate, speed and the task's metrics are what a user sees first. Everything else (layer
+# statistics under "watch", RandWire graphs under "wiring") sorts after "val".
 TRAIN_LOSS = "train/loss"
-LR = "lr"
-THROUGHPUT = "throughput"
-EPOCH_TIME = "epoch_time"
+LR = "train/lr"
+THROUGHPUT = "train/throughput"  # images per second of the epoch
+EPOCH_TIME = "train/epoch_time"
+PER_STEP = (TRAIN_LOSS, LR)  # also logged every trainer.log_every steps
 CONFIG_TEXT = "config"
 HPARAM_GROUPS = ("model", "data", "task", "optim", "sched", "norm", "trainer")
+# Always in the HParams table (what the run is); the rest only when overridden.
+HPARAM_ALWAYS = ("model.name", "data.name", "task.name", "optim.name")
+# Overridable keys that change how a run is watched or run, not what it learns.
+NOT_HPARAMS = ("trainer.progress", "trainer.threads", "trainer.log_every", "trainer.image_every",
+               "trainer.checkpoint_every", "trainer.stop_after", "trainer.device", "trainer.layer_stats",
+               "data.root", "data.num_workers", "data.download", "out_dir", "resume", "name")
 
 
 class Records:
-    def __init__(self, cfg: DictConfig, run_dir: Path, *, main: bool, elapsed: float = 0.0) -> None:
+    def __init__(self, cfg: DictConfig, run_dir: Path, *, main: bool, elapsed: float = 0.0,
+                 overrides: list[str] | None = None) -> None:
         self.cfg = cfg
+        self.overrides = list(overrides or [])
+        self._per_step_at = -1  # the last step whose per-step scalars went to TensorBoard
         self.run_dir = run_dir
         self.main = main
         self.progress = Progress(cfg.trainer.progress, enabled=main)
@@ -70,6 +84,7 @@ class Records:
         if self.writing:
             assert self.log is not None
             self.tb.scalars({TRAIN_LOSS: loss, LR: lr}, step)
+            self._per_step_at = step
             self.log.write({"kind": "train", "epoch": epoch, "step": step, "time": self.elapsed(),
                             TRAIN_LOSS: loss, LR: lr})
         self.progress.advance(0, loss=loss)
@@ -89,7 +104,10 @@ class Records:
     def epoch(self, epoch: int, step: int, metrics: Mapping[str, float], main_metric: str) -> None:
         if self.writing:
             assert self.log is not None
-            self.tb.scalars(dict(metrics), step)
+            # one point per tag and step: the epoch's mean loss and lr go to TensorBoard only when
+            # no per-step point was logged at this step (metrics.jsonl keeps them in the epoch line)
+            skip = PER_STEP if self._per_step_at == step else ()
+            self.tb.scalars({k: v for k, v in metrics.items() if k not in skip}, step)
             self.log.write({"kind": "epoch", "epoch": epoch, "step": step, "time": self.elapsed(), **metrics})
             self.progress.epoch_line(epoch, int(self.cfg.trainer.epochs), _summary(metrics, main_metric))
 
@@ -108,7 +126,7 @@ class Records:
             if status == "completed" and last:
                 key = f"val/{main_metric}"
                 hp = {key: last.get(key, math.nan), "val/loss": last.get("val/loss", math.nan)}
-                self.tb.hparams(flat_hparams(self.cfg), hp)
+                self.tb.hparams(run_hparams(self.cfg, self.overrides), hp)
         self.close()
 
     def close(self) -> None:
@@ -135,6 +153,34 @@ def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
                 flat[key] = value
     flat["seed"] = container["seed"]
     return flat
+
+
+def run_hparams(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
+    """What the HParams table shows for a run: what it is (HPARAM_ALWAYS) and every key the command
+    line set, with its type kept (a boolean stays a boolean). A sweep's swept keys are overrides of
+    each job, so they are always there; keys nobody chose are not (they would be ~75 columns)."""
+    flat = flat_hparams(cfg)
+    chosen = list(HPARAM_ALWAYS)
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key in HPARAM_GROUPS:  # optim=sgd chose a group option: its name
+            key = f"{key}.name"
+        if key == "seed" or key in flat or any(k.startswith(key + ".") for k in flat):
+            chosen += [key] if key in flat else sorted(k for k in flat if k.startswith(key + "."))
+    return {k: flat[k] for k in dict.fromkeys(chosen) if k in flat and k not in NOT_HPARAMS}
+
+
+def start_summary(cfg: DictConfig, run_dir: Path, *, params: int, data: Any, device: Any, precision: str,
+                  world_size: int = 1, resumed: bool = False) -> str:
+    """The line a run prints before its first step: what it will do."""
+    n_train, n_val = getattr(data.train, "n", None), getattr(data.val, "n", None)
+    sizes = f"{n_train:,} train / {n_val:,} val" if n_train is not None and n_val is not None else "?"
+    steps = len(data.train) // max(1, int(cfg.trainer.grad_accum))
+    where = f"{world_size} x {device}" if world_size > 1 else str(device)
+    return ("" if resumed else f"run {run_dir}\n") + (
+            f"{cfg.model.name} ({params / 1e6:.2f} M params), {cfg.task.name} on {rundir.data_label(cfg)}: "
+            f"{sizes} images at {data.image_size} px; {cfg.trainer.epochs} epochs x {steps} steps of "
+            f"{cfg.trainer.batch_size}; {cfg.optim.name}, {where}, {precision}")
 
 
 def _summary(metrics: Mapping[str, float], main_metric: str) -> dict[str, float]:

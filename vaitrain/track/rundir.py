@@ -61,15 +61,31 @@ def create_unique_dir(parent: Path, stem: str, what: str = "run") -> Path:
     raise RunDirError(f"could not find a free {what} directory name under {parent}")
 
 
+TASK_LABELS = {"classification": "cls", "segmentation": "seg", "regression": "reg"}
+
+
+def data_label(cfg: Any) -> str:
+    """What a run directory says about its data and task: `shapes-seg`, `shapes_ambiguous-mdn`
+    (the data variant, and the regression head when it is not the plain one)."""
+    data = str(cfg.data.name)
+    if str(cfg.data.get("variant", "standard")) != "standard":
+        data += f"_{cfg.data.variant}"
+    task = str(cfg.task.name)
+    head = str(cfg.task.get("head", "plain"))
+    label = head if task == "regression" and head != "plain" else TASK_LABELS.get(task, task)
+    return f"{data}-{label}"
+
+
 def create_run_dir(
     out_dir: Path, model: str, data: str, name: str = "", *, dated: bool = True
 ) -> Path:
     """A new, unique run directory <out_dir>/<date>/<time>-<model>-<data>[-<name>]-<id>
-    (without the <date> level when dated=False, as for the jobs of a sweep)."""
+    (without the <date> level when dated=False, as for the jobs of a sweep); `data` may have
+    several '-'-separated parts (data_label: `shapes-seg`)."""
     check_writable(out_dir)
     now = _dt.datetime.now()
     day = Path(out_dir) / now.strftime("%Y-%m-%d") if dated else Path(out_dir)
-    parts = [now.strftime("%H-%M-%S"), _slug(model), _slug(data)]
+    parts = [now.strftime("%H-%M-%S"), _slug(model), *(_slug(p) for p in data.split("-"))]
     if name:
         parts.append(_slug(name))
     run = create_unique_dir(day, "-".join(parts))

@@ -31,9 +31,16 @@ class TBWriter:
         self.w.add_text(tag, text, step)
 
     def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
-        """Hyper-parameters + final metrics for the HParams dashboard, in the run's own folder."""
+        """Hyper-parameters for the HParams dashboard, in the run's own folder, with their types
+        (torch's add_hparams turns booleans into 1.0). The metric columns name the run's own scalar
+        tags (val/acc1, ...), whose last values HParams shows: no extra one-point `hparam/*` cards."""
+        from tensorboard.plugins.hparams import summary_v2 as hp
+
         clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hparams.items()}
-        self.w.add_hparams(clean, {f"hparam/{k}": float(v) for k, v in metrics.items()}, run_name=".")
+        writer = self.w._get_file_writer()
+        writer.add_summary(hp.hparams_config_pb(hparams=[hp.HParam(k) for k in clean],
+                                                metrics=[hp.Metric(tag) for tag in metrics]))
+        writer.add_summary(hp.hparams_pb(clean, trial_id=self.log_dir.parent.name))
 
     def __getattr__(self, name: str) -> Any:
         # Anything else (add_figure, add_images, ...) goes straight to the SummaryWriter.
