@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from vaitrain.config import CHOICES, GROUPS, compose, expand_sweep, group_options
+from vaitrain.config import CHOICES, GROUPS, compose, conf_dir, expand_sweep, group_options
 from vaitrain.errors import ConfigError
 from vaitrain.schema.root import SCHEMA_PREFIX
 
@@ -18,8 +18,9 @@ def test_every_group_option_composes(group):
         node = cfg[group]
         assert node is not None
         if group in ("model", "task", "optim", "sched", "norm"):
-            # a group option's `name` is the option itself, or (data variants) a family name
-            assert node.name == option or group == "data"
+            assert node.name == option  # a group option's `name` is the option itself
+        if group == "data":  # ... or the dataset the file names (variants: shapes_ambiguous -> shapes)
+            assert node.name == OmegaConf.load(conf_dir() / "data" / f"{option}.yaml").name
 
 
 def test_issue_names_exist():
@@ -52,16 +53,22 @@ def test_every_enumerated_value_composes():
     contexts: dict[str, list[str]] = {}
     for key in CHOICES:
         contexts.setdefault(_MODEL_FOR_KEY.get(key, "resnet20"), []).append(key)
-    seen = {key: set() for key in CHOICES}
     for model, keys in contexts.items():
         width = max(len(CHOICES[k]) for k in keys)
         for i in range(width):
             values = {k: CHOICES[k][i % len(CHOICES[k])] for k in keys}
             cfg = compose([f"model={model}"] + [f"{k}={v}" for k, v in values.items()])
             for k, v in values.items():
-                assert OmegaConf.select(cfg, k) == v, (k, v)
-                seen[k].add(v)
-    assert all(seen[k] == set(CHOICES[k]) for k in CHOICES)
+                assert OmegaConf.select(cfg, k) == v, (k, v)  # the value lands where the key says
+
+
+@pytest.mark.parametrize("key", sorted(CHOICES))
+def test_a_value_outside_the_choices_is_refused(key):
+    """Each enumerated key is checked: a value not in its list fails in one line naming the list."""
+    model = _MODEL_FOR_KEY.get(key, "resnet20")
+    with pytest.raises(ConfigError, match=rf"^{key}=bogus_value is not a valid choice; choose one of: ") as err:
+        compose([f"model={model}", f"{key}=bogus_value"])
+    assert set(str(err.value).split("choose one of: ")[1].split(", ")) == {str(v) for v in CHOICES[key]}
 
 
 def test_defaults():

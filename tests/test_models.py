@@ -9,9 +9,9 @@ from torch import nn
 
 from omegaconf import OmegaConf
 
-from vaitrain.config import compose, conf_dir
+from vaitrain.config import compose, conf_dir, group_options
 from vaitrain.errors import ConfigError
-from vaitrain.models import build_model, list_models
+from vaitrain.models import build_model
 from vaitrain.schema.root import GROUP_SCHEMAS, SCHEMA_PREFIX
 from vaitrain.schema.model import DenseNetConfig, PlainConfig, RandWireConfig, ResNetConfig, UNetConfig
 from vaitrain.schema.trainer import NormConfig
@@ -190,7 +190,7 @@ def _small_key(name: str) -> str:
 @pytest.fixture(scope="module")
 def small_configs():
     out = {}
-    for name in list_models():
+    for name in group_options("model"):
         changes, groups = SMALL[_small_key(name)]
         out[name] = (load_model_yaml(name, **changes), groups)
     return out

@@ -29,7 +29,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.regime": ("small", "regular"),
     "model.graph": ("ws", "er", "ba"),
     "model.kind": ("mlp", "cnn"),
-    "data.normalize": ("channel", "pixel", "none"),
+    "data.normalize": ("channel", "pixel", "none", "imagenet"),
+    "data.resize": ("center_crop", "squash"),
+    "model.freeze": ("none", "backbone"),
     # YAML / the command line turn true/false into booleans, which the str field holds as True/False
     "data.device_resident": ("auto", "true", "false"),
     "data.augment": ("true", "false", "trivial"),
@@ -67,6 +69,7 @@ BOUNDS: dict[str, tuple[float, float | None]] = {
     "data.num_val": (0, None),
     "data.num_classes": (0, None),
     "data.val_fraction": (0.0, 0.95),
+    "data.crop_fraction": (0.05, 1.0),
     "data.crop_padding": (0, None),
     "data.crop": (0, None),
     "data.color_jitter": (0.0, None),
@@ -216,7 +219,18 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     except Exception as err:  # interpolation errors
         raise ConfigError(f"cannot resolve the config: {_first_line(err)}") from None
     validate(cfg)
+    _imply_pretrained_normalization(cfg, parsed)
     return cfg
+
+
+def _imply_pretrained_normalization(cfg: DictConfig, parsed: Iterable[Any]) -> None:
+    """Pretrained weights (model.weights) were trained on ImageNet-normalized inputs: their mean/std
+    is used unless the command line names data.normalize; written into the run's config.yaml."""
+    if not str(cfg.model.get("weights") or ""):
+        return
+    if any(str(ov.key_or_group) == "data.normalize" for ov in parsed):
+        return
+    cfg.data.normalize = "imagenet"
 
 
 def _full_text(err: BaseException) -> str:

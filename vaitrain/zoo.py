@@ -6,10 +6,10 @@ from typing import Any
 
 import torch
 
-from vaitrain.config import compose
+from vaitrain.config import compose, group_options
 from vaitrain.data import build_data
 from vaitrain.errors import VaitrainError
-from vaitrain.models import build_model, list_models
+from vaitrain.models import build_model
 from vaitrain.models.flops import count_flops
 from vaitrain.tasks import build_task
 from vaitrain.track.progress import Progress
@@ -20,6 +20,11 @@ def _data_and_task(cfg: Any) -> tuple[Any, Any]:
                       batch_size=int(cfg.trainer.batch_size), val_batch_size=int(cfg.trainer.batch_size),
                       seed=int(cfg.seed))
     return data, build_task(cfg.task, data)
+
+
+def list_models() -> list[str]:
+    """Names of the model configs (conf/model/*.yaml)."""
+    return group_options("model")
 
 
 # FLOPs are counted for a batch of 2 (then per image): with one image, batch norm in training mode

@@ -16,8 +16,6 @@ from torch.utils.data import Dataset
 
 from vaitrain.errors import ConfigError
 
-TASKS = ("classification", "segmentation", "regression")
-
 # Above this many bytes of decoded uint8 data, data.device_resident=auto streams instead.
 RESIDENT_LIMIT_BYTES = 2 * 1024**3
 

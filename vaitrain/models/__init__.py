@@ -1,35 +1,16 @@
-"""The model zoo: `build_model` turns a model config (+ norm config) into an nn.Module through a
-registry of builders keyed on `model_cfg.family`. Models know nothing of data, tasks or the loop.
+"""The model zoo: `build_model` turns a model config (+ norm config) into an nn.Module with the
+builder that `registry.MODELS` lists for `model_cfg.family`. Models know nothing of data, tasks,
+the loop or the config files: they are built from plain values.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
+from vaitrain import registry
 from vaitrain.errors import ConfigError
-from vaitrain.models.densenet import build_densenet
 from vaitrain.models.layers import collect_group_norm_errors, init_weights
-from vaitrain.models.plain import build_plain
-from vaitrain.models.randwire import build_randwire
-from vaitrain.models.resnet import build_resnet
-from vaitrain.models.unet import build_unet
-
-Builder = Callable[..., nn.Module]
-
-REGISTRY: dict[str, Builder] = {
-    "resnet": build_resnet,
-    "densenet": build_densenet,
-    "unet": build_unet,
-    "randwire": build_randwire,
-    "plain": build_plain,
-}
-
-
-def register(family: str, builder: Builder) -> None:
-    """Add a model family: builder(model_cfg, norm_cfg, *, in_channels, num_outputs, image_size,
-    dense) -> nn.Module with a `final_layer` attribute."""
-    REGISTRY[family] = builder
 
 
 def build_model(model_cfg: Any, norm_cfg: Any, *, in_channels: int, num_outputs: int,
@@ -38,14 +19,16 @@ def build_model(model_cfg: Any, norm_cfg: Any, *, in_channels: int, num_outputs:
 
     dense=False: output (N, num_outputs); dense=True: (N, num_outputs, H, W). A model that cannot
     work with these options raises ConfigError (one line) before anything else happens.
+    A family's builder: builder(model_cfg, norm_cfg, *, in_channels, num_outputs, image_size,
+    dense) -> nn.Module with a `final_layer` attribute.
     """
     family = getattr(model_cfg, "family", None)
-    if family not in REGISTRY:
-        raise ConfigError(f"model family '{family}' is unknown; known: {', '.join(sorted(REGISTRY))}")
+    if family not in registry.MODELS:
+        raise ConfigError(f"model family '{family}' is unknown; known: {', '.join(sorted(registry.MODELS))}")
     if in_channels < 1 or num_outputs < 1:
         raise ConfigError(f"a model needs in_channels >= 1 and num_outputs >= 1 "
                           f"(got {in_channels}, {num_outputs})")
-    builder = REGISTRY[family]
+    builder = registry.MODELS.load(family)
     kwargs = dict(in_channels=int(in_channels), num_outputs=int(num_outputs),
                   image_size=int(image_size), dense=bool(dense))
     if getattr(norm_cfg, "name", None) == "group":
@@ -58,11 +41,4 @@ def build_model(model_cfg: Any, norm_cfg: Any, *, in_channels: int, num_outputs:
     return model
 
 
-def list_models() -> list[str]:
-    """Names of the model configs (conf/model/*.yaml)."""
-    from vaitrain.config import conf_dir
-
-    return sorted(p.stem for p in (conf_dir() / "model").glob("*.yaml"))
-
-
-__all__ = ["build_model", "list_models", "register", "REGISTRY", "init_weights"]
+__all__ = ["build_model", "init_weights"]

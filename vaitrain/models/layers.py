@@ -10,14 +10,16 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from torch import Tensor, nn
 
+from vaitrain import registry
 from vaitrain.errors import ConfigError
 
-NORMS = ("batch", "group", "layer", "instance", "none")
-ACTS = ("relu", "leaky_relu", "sigmoid", "tanh", "elu", "selu", "gelu")
-DOWNS = ("maxpool", "avgpool", "strided")
-UPS = ("transposed", "bilinear", "maxunpool")
-INITS = ("default", "xavier", "he", "lecun")
-DISTS = ("normal", "uniform")
+# The names each factory below accepts (one list per kind, in vaitrain/registry.py).
+NORMS = registry.NORMS.names
+ACTS = registry.ACTIVATIONS.names
+DOWNS = registry.DOWNS.names
+UPS = registry.UPS.names
+INITS = registry.INITS.names
+DISTS = registry.INIT_DISTS.names
 
 
 def _get(cfg: Any, key: str, default: Any) -> Any:

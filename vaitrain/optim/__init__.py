@@ -16,11 +16,12 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from vaitrain import registry
 from vaitrain.errors import check_choice
 from vaitrain.optim.optimizers import build_optimizer
 from vaitrain.optim.schedules import Schedule, build_scheduler
 
-OPTIMIZERS = ("sgd", "adam", "adamw", "alrao")
+OPTIMIZERS = registry.OPTIMIZERS.names
 
 
 @dataclass

@@ -27,9 +27,10 @@ from typing import Any
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from vaitrain import registry
 from vaitrain.errors import ConfigError
 
-NAMES = ("constant", "step", "multistep", "cosine", "onecycle")
+NAMES = registry.SCHEDULES.names
 
 
 def _cos_anneal(start: float, end: float, pct: float) -> float:

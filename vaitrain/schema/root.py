@@ -7,14 +7,8 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 
 from vaitrain.schema.data import DataConfig
-from vaitrain.schema.model import (
-    DenseNetConfig,
-    ModelConfig,
-    PlainConfig,
-    RandWireConfig,
-    ResNetConfig,
-    UNetConfig,
-)
+from vaitrain import registry
+from vaitrain.schema.model import ModelConfig
 from vaitrain.schema.optim import OptimConfig, SchedConfig
 from vaitrain.schema.search import SearchConfig, SweepConfig
 from vaitrain.schema.task import TaskConfig
@@ -24,13 +18,8 @@ from vaitrain.schema.trainer import BenchConfig, NormConfig, TrainerConfig
 SCHEMA_PREFIX = "schema_"
 
 GROUP_SCHEMAS: dict[str, dict[str, type]] = {
-    "model": {
-        "resnet": ResNetConfig,
-        "densenet": DenseNetConfig,
-        "unet": UNetConfig,
-        "randwire": RandWireConfig,
-        "plain": PlainConfig,
-    },
+    # one schema per model family, as registry.MODELS lists them (YAML: `defaults: [schema_<family>]`)
+    "model": {family: registry.resolve(registry.MODELS.entry(family).schema or "") for family in registry.MODELS},
     "data": {"data": DataConfig},
     "task": {"task": TaskConfig},
     "optim": {"optim": OptimConfig},

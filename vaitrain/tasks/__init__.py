@@ -1,33 +1,23 @@
 """Tasks: loss, metrics (meters) and TensorBoard images, one module per task.
 
-`build_task(task_cfg, data)` picks the task by `task_cfg.name` from TASKS.
+`build_task(task_cfg, data)` picks the task class by `task_cfg.name` from `registry.TASKS`.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
-from vaitrain.errors import ConfigError, check_choice
+from vaitrain import registry
+from vaitrain.errors import ConfigError
 from vaitrain.tasks.base import Meter, Task
-from vaitrain.tasks.classification import ClassificationTask
-from vaitrain.tasks.regression import RegressionTask
-from vaitrain.tasks.segmentation import SegmentationTask
 
-TASKS: dict[str, Callable[[Any, Any], Task]] = {
-    "classification": ClassificationTask,
-    "segmentation": SegmentationTask,
-    "regression": RegressionTask,
-}
+# name -> Task class (main_metric, main_mode, ... are class attributes), from the registry
+TASKS: dict[str, type[Task]] = {name: registry.TASKS.load(name) for name in registry.TASKS}
 
 
 def build_task(task_cfg: Any, data: Any) -> Task:
     """The Task named by task_cfg.name, sized from the data bundle (classes, target dim, stats)."""
-    name = str(task_cfg.name)
-    check_choice("task.name", name, TASKS)
-    return TASKS[name](task_cfg, data)
+    task_class = registry.TASKS.load(str(task_cfg.name))
+    return task_class(task_cfg, data)
 
 
-def list_tasks() -> list[str]:
-    return sorted(TASKS)
-
-
-__all__ = ["build_task", "list_tasks", "Task", "Meter", "TASKS", "ConfigError"]
+__all__ = ["build_task", "Task", "Meter", "TASKS", "ConfigError"]
