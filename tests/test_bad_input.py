@@ -97,8 +97,8 @@ def test_eval_with_another_model_names_the_mismatched_keys(trained):
 def test_resume_with_another_model_is_refused(trained):
     before = snapshot(trained)
     result = invoke(["train", f"resume={trained}", "model=resnet32"])
-    one_line_exit_2(result, r"^error: checkpoint '\S+last\.pt' does not fit this model: it holds model=resnet20, "
-                            r"not model=resnet32; missing keys ")
+    one_line_exit_2(result, r"^error: resume=\S+: model.name=resnet32 differs from the run's model.name=resnet20; "
+                            r"a resumed run keeps its model, data, task, batch size, optimizer and schedule")
     assert snapshot(trained) == before
 
 

@@ -51,3 +51,12 @@ def check_choice(key: str, value: str, choices: Iterable[str]) -> None:
     if value not in choices:
         ordered = ", ".join(closest_first(str(value), choices))
         raise ConfigError(f"{key}={value} is not a valid choice; choose one of: {ordered}")
+
+
+class Interrupted(VaitrainError):
+    """SIGINT/SIGTERM before the training loop took over (start-up): nothing was trained. The CLI
+    exits with 128 + the signal's number, as a process the signal had killed would."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum

@@ -12,14 +12,24 @@ from typing import Any
 import torch
 from torch import nn
 
-from vaitrain.errors import CheckpointError
+from vaitrain.errors import CheckpointError, RunDirError
 from vaitrain.track.files import torch_save_atomic
 
 FORMAT = 1
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    torch_save_atomic({"format": FORMAT, **state}, Path(path))
+    """Write atomically; a failed write (disk full, quota, I/O error) leaves the previous file whole
+    and is one RunDirError naming what was kept."""
+    path = Path(path)
+    try:
+        torch_save_atomic({"format": FORMAT, **state}, path)
+    except OSError as err:
+        kept = f"the previous {path.name} is kept" if path.is_file() else f"no {path.name} was written yet"
+        raise RunDirError(
+            f"cannot write checkpoint '{path}' ({err.strerror or err}); {kept}: free space on that disk "
+            "(or start on another with out_dir=DIR), then continue with resume=RUN_DIR"
+        ) from None
 
 
 def remove_partial_checkpoints(folder: Path) -> None:
@@ -35,6 +45,12 @@ def remove_partial_checkpoints(folder: Path) -> None:
 def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
+        others = sorted(p.name for p in path.parent.glob("*.pt") if p.name != path.name) if path.parent.is_dir() else []
+        if others:  # e.g. last.pt deleted by hand, best.pt still there
+            raise CheckpointError(
+                f"no checkpoint at '{path}', but {', '.join(others)} is in {path.parent}: use it "
+                f"(vaitrain eval RUN --checkpoint {others[0][:-3]}), or copy it to {path.name} to resume from it"
+            )
         raise CheckpointError(f"no checkpoint at '{path}'; was the run started and did it finish an epoch?")
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error says enough
@@ -51,9 +67,11 @@ def _load_error(path: Path, err: Exception) -> CheckpointError:
     """One line for torch.load's multi-paragraph errors: refused code, or a damaged file."""
     text = str(err)
     code = re.search(r"GLOBAL (\S+)", text)
-    if code:
+    name = code.group(1) if code else _pickled_global(path) if "Unsupported operand" in text else None
+    if name:
+        legacy = "" if zipfile.is_zipfile(path) else " (a plain pickle, not torch's zip format)"
         return CheckpointError(
-            f"checkpoint '{path}' refers to code ({code.group(1)}) and is refused: checkpoints are loaded "
+            f"checkpoint '{path}'{legacy} refers to code ({name}) and is refused: checkpoints are loaded "
             "with weights_only=True, so a file cannot run code; use a checkpoint that vaitrain wrote"
         )
     if path.stat().st_size == 0:
@@ -65,6 +83,25 @@ def _load_error(path: Path, err: Exception) -> CheckpointError:
         f"checkpoint '{path}' is truncated or corrupt ({reason}); "
         "use the run's other checkpoint (best.pt/last.pt) or start a new run"
     )
+
+
+def _pickled_global(path: Path) -> str | None:
+    """The first global a plain pickle names, read with pickletools (which runs nothing)."""
+    import pickletools
+
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                if op.name == "GLOBAL":
+                    return str(arg).replace(" ", ".")
+                if op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    return f"{strings[-2]}.{strings[-1]}"
+                if isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:  # a damaged stream: no global found before the damage
+        return None
+    return None
 
 
 def check_task(path: Path, state: dict[str, Any], task: str) -> None:

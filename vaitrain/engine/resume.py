@@ -4,12 +4,14 @@ This reads a run directory, so it lives here and not in config.py (composing a c
 run directory)."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from vaitrain.config import compose
-from vaitrain.errors import RunDirError
+from vaitrain.errors import ConfigError, RunDirError
 from vaitrain.track import rundir
 from vaitrain.track.runs import saved_overrides
 
@@ -33,3 +35,87 @@ def prepare(overrides: list[str]) -> tuple[DictConfig, list[str]]:
     if resume:
         overrides = resume_overrides(Path(resume[-1].split("=", 1)[1]), overrides)
     return compose(overrides), overrides
+
+
+# Resume rules (README, "Resume rules"). A resumed run keeps what its weights, optimizer state and
+# data order mean; other settings may change and are recorded with the step they applied from.
+FIXED_ON_RESUME = ("model", "norm", "data", "task", "optim", "sched", "seed", "trainer.batch_size",
+                   "trainer.grad_accum")
+NOT_COMPARED = ("resume", "out_dir", "name")
+
+
+@dataclass
+class ResumePlan:
+    planned_epochs: int  # the epochs the run was planned for (its checkpoint's config)
+    epochs: int  # the epochs planned now
+    changes: list[str] = field(default_factory=list)  # "key: old -> new", settings now different
+
+    @property
+    def extends(self) -> bool:
+        return self.epochs > self.planned_epochs
+
+
+def plan_resume(cfg: DictConfig, state: dict[str, Any], run_dir: Path) -> ResumePlan:
+    """Check a resume against the checkpoint it starts from; raise ConfigError/RunDirError in one
+    line for a completed run, a shrunk plan or a changed model/data/task/batch/optimizer."""
+    from vaitrain.track.runs import flatten
+
+    old_yaml = state.get("config_yaml") or _read_text(Path(run_dir) / rundir.CONFIG_FILE)
+    old = flatten(OmegaConf.to_container(OmegaConf.create(old_yaml), resolve=False)) if old_yaml else {}
+    new = flatten(OmegaConf.to_container(cfg, resolve=True))
+    done, mid_epoch = int(state.get("epoch", 0)), int(state.get("batch_in_epoch", 0))
+    planned = int(old.get("trainer.epochs", cfg.trainer.epochs))
+    changes = []
+    for key in sorted(set(old) & set(new), key=lambda k: (not k.endswith(".name"), k)):  # model.name first
+        if old[key] == new[key] or key.split(".")[0] in NOT_COMPARED:
+            continue
+        if any(key == f or key.startswith(f + ".") for f in FIXED_ON_RESUME):
+            where = f" mid-epoch ({mid_epoch} batches into epoch {done + 1})" if mid_epoch else ""
+            raise ConfigError(
+                f"resume={run_dir}{where}: {key}={new[key]} differs from the run's {key}={old[key]}; a resumed "
+                "run keeps its model, data, task, batch size, optimizer and schedule: drop the override, or "
+                "start a new run (without resume=) to change it"
+            )
+        changes.append(f"{key}: {old[key]} -> {new[key]}")
+    epochs = int(cfg.trainer.epochs)
+    if done >= epochs and not mid_epoch:
+        if done >= planned:
+            raise RunDirError(
+                f"run {run_dir} is complete: it trained all {done} epochs, nothing is left to resume; to train "
+                f"longer, resume with trainer.epochs=N (N > {done}); the added epochs get a new "
+                f"{cfg.sched.name} cycle (see README, 'Resume rules')"
+            )
+        raise ConfigError(f"trainer.epochs={epochs}: the run already trained {done} epochs; give more, or none")
+    if epochs < planned:
+        raise ConfigError(
+            f"trainer.epochs={epochs} is fewer than the {planned} the run was planned for (its schedule is); "
+            f"to stop earlier, use trainer.stop_after=N"
+        )
+    return ResumePlan(planned, epochs, changes)
+
+
+def record_resume(run_dir: Path, plan: ResumePlan, overrides: list[str], config_yaml: str, *,
+                  epoch: int, step: int) -> None:
+    """Write what changed on this resume: overrides.txt gets a comment naming the step and the new
+    overrides (so the next resume re-creates this config), config.yaml the config now in force."""
+    if not plan.changes:
+        return
+    from vaitrain.track.files import write_text_atomic
+
+    run_dir = Path(run_dir)
+    saved = saved_overrides(run_dir)
+    given = [o for o in overrides[len(saved):] if not o.startswith("resume=")] \
+        if overrides[:len(saved)] == saved else [o for o in overrides if not o.startswith("resume=")]
+    note = f"# resumed at epoch {epoch}, step {step}: " + "; ".join(plan.changes)
+    text = _read_text(run_dir / rundir.OVERRIDES_FILE)
+    if text and not text.endswith("\n"):
+        text += "\n"
+    write_text_atomic(run_dir / rundir.OVERRIDES_FILE, text + "\n".join([note, *given]) + "\n")
+    write_text_atomic(run_dir / rundir.CONFIG_FILE, config_yaml)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""

@@ -11,7 +11,8 @@ from vaitrain.track.rundir import OVERRIDES_FILE
 def saved_overrides(run_dir: Path) -> list[str]:
     """The command-line overrides a run was started with (overrides.txt), without its resume=."""
     saved_file = Path(run_dir) / OVERRIDES_FILE
-    saved = [l.strip() for l in saved_file.read_text().splitlines() if l.strip()] if saved_file.is_file() else []
+    lines = saved_file.read_text().splitlines() if saved_file.is_file() else []
+    saved = [l.strip() for l in lines if l.strip() and not l.lstrip().startswith("#")]  # "# resumed at ..." notes
     return [o for o in saved if not o.startswith("resume=")]
 
 

@@ -1,0 +1,37 @@
+"""SIGINT/SIGTERM during start-up (imports, composing, building the data and the model): one
+line and exit 128 + signal instead of Python's KeyboardInterrupt or the default signal death.
+
+Once the training loop runs, its own handler (engine/checkpointing.StopFlag) takes over: a
+signal there stops after the current step and writes last.pt.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from vaitrain.errors import Interrupted
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def startup_signals() -> Iterator[None]:
+    """Turn a stop signal into `Interrupted` (a one-line error) for the duration."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        name = signal.Signals(signum).name
+        raise Interrupted(f"stopped by {name} during start-up, before training began; nothing was trained", signum)
+
+    old = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    for s in STOP_SIGNALS:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
