@@ -11,6 +11,7 @@ from typing import Any, Iterable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from vaitrain import registry
 from vaitrain.errors import ConfigError, check_choice, closest_first
 from vaitrain.schema.root import GROUP_SCHEMAS, SCHEMA_PREFIX, register_schemas
 
@@ -19,12 +20,11 @@ EXPERIMENT = "experiment"  # the recipes' group: conf/experiment/<name>.yaml, de
 
 # Enumerated string options: key -> valid values. Checked after composition so YAML files and
 # command-line values are held to the same list.
+# The names of what vaitrain builds (datasets, tasks, optimizers, schedules, norms, activations,
+# inits, down/up-sampling) come from their registries (vaitrain/registry.py); the rest are values
+# of one option each.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "model.act": ("relu", "leaky_relu", "sigmoid", "tanh", "elu", "selu", "gelu"),
-    "model.init": ("default", "xavier", "he", "lecun"),
-    "model.init_dist": ("normal", "uniform"),
-    "model.down": ("maxpool", "avgpool", "strided"),
-    "model.up": ("transposed", "bilinear", "maxunpool"),
+    **registry.choices(),
     "model.style": ("cifar", "imagenet"),
     "model.regime": ("small", "regular"),
     "model.graph": ("ws", "er", "ba"),
@@ -35,17 +35,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     # YAML / the command line turn true/false into booleans, which the str field holds as True/False
     "data.device_resident": ("auto", "true", "false"),
     "data.augment": ("true", "false", "trivial"),
-    "data.name": ("shapes", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "oxford_pets", "voc",
-                  "image_folder", "seg_folder", "csv_regression"),
     "data.variant": ("standard", "ambiguous"),
-    "task.name": ("classification", "segmentation", "regression"),
     "task.loss": ("mse", "l1"),
     "task.head": ("plain", "gaussian", "mdn"),
     "task.sigma_param": ("softplus", "exp"),
-    "optim.name": ("sgd", "adam", "adamw", "alrao"),
-    "optim.body": ("sgd", "adam"),
-    "sched.name": ("constant", "step", "multistep", "cosine", "onecycle"),
-    "norm.name": ("batch", "group", "layer", "instance", "none"),
     "trainer.precision": ("auto", "fp32", "bf16", "fp16"),
     "trainer.progress": ("auto", "bar", "plain", "none"),
     "bench.precision": ("auto", "fp32", "bf16", "fp16"),
