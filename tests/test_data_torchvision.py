@@ -26,12 +26,19 @@ RNG = np.random.default_rng(0)
 def build(name, root, task="classification", batch=4, **kw):
     cfg = OmegaConf.structured(DataConfig(name=name, root=str(root), download=False, num_train=0, num_val=0,
                                           normalize="none", **kw))
-    return build_data(cfg, task, device="cpu", batch_size=batch, val_batch_size=1000, seed=0)
+    return build_data(cfg, task, device="cpu", batch_size=batch, val_batch_size=1000, seed=0,
+                      test=name != "voc")  # VOC has no test split
 
 
 def val_batch(bundle):
     """All validation images back as uint8 (normalize=none is x/255) and their targets."""
     x, y = next(iter(bundle.val))
+    return (x * 255).round().to(torch.uint8), y
+
+
+def official_test_batch(bundle):
+    """All test images (the official test split) back as uint8 and their targets."""
+    x, y = next(iter(bundle.test))
     return (x * 255).round().to(torch.uint8), y
 
 
@@ -64,10 +71,10 @@ def test_mnist_family_from_idx_files(tmp_path, name, folder, gz):
     data = write_mnist(tmp_path, folder, gz=gz)
     b = build(name, tmp_path, image_size=28)
     assert b.in_channels == 1 and b.image_size == 28 and b.num_classes == 10 and len(b.class_names) == 10
-    x, y = val_batch(b)
+    x, y = official_test_batch(b)
     assert torch.equal(x[:, 0], torch.from_numpy(data["t10k"][0]))
     assert torch.equal(y, torch.from_numpy(data["t10k"][1]).long())
-    assert b.train.n == 12
+    assert b.train.n == 11 and b.val.n == 1  # data.val_fraction=0.1 of the 12 training images
     assert build(name, tmp_path, image_size=32).image_size == 32  # resized when asked
 
 
@@ -99,11 +106,11 @@ def write_cifar(root: Path, hundred: bool) -> dict:
 @pytest.mark.parametrize("hundred", [False, True])
 def test_cifar_from_pickled_batches(tmp_path, hundred):
     data = write_cifar(tmp_path, hundred)
-    b = build("cifar100" if hundred else "cifar10", tmp_path, batch=3)
+    b = build("cifar100" if hundred else "cifar10", tmp_path, batch=2)
     assert b.in_channels == 3 and b.image_size == 32 and b.num_classes == (100 if hundred else 10)
     assert b.class_names[0] == ("c0" if hundred else "airplane")
-    assert b.train.n == (3 if hundred else 15)
-    x, y = val_batch(b)
+    assert b.train.n == (2 if hundred else 13)  # val: 10 % (at least 1) carved from train
+    x, y = official_test_batch(b)
     assert torch.equal(x, torch.from_numpy(data["val"][0]))
     assert torch.equal(y, torch.from_numpy(data["val"][1]))
 
@@ -144,8 +151,8 @@ def write_svhn(root: Path) -> dict:
 def test_svhn_from_mat_files(tmp_path):
     data = write_svhn(tmp_path)
     b = build("svhn", tmp_path)
-    assert b.num_classes == 10 and b.in_channels == 3 and b.train.n == 6
-    x, y = val_batch(b)
+    assert b.num_classes == 10 and b.in_channels == 3 and b.train.n == 5
+    x, y = official_test_batch(b)
     xv, yv = data["val"]
     assert torch.equal(x, torch.from_numpy(xv.transpose(3, 2, 0, 1).copy()))  # N, C, H, W with H = rows
     want = yv.ravel().astype(np.int64)
@@ -194,16 +201,16 @@ def test_oxford_pets_segmentation_maps_trimaps_and_classification_reads_breeds(t
     data = write_pets(tmp_path)
     seg = build("oxford_pets", tmp_path, "segmentation", batch=2, image_size=0)  # native 20 x 16
     assert seg.num_classes == 2 and seg.class_names == ["background", "pet"]
-    _, y = val_batch(seg)
+    _, y = official_test_batch(seg)
     tri = torch.from_numpy(data["trimaps"]["american_bulldog_4"]).long()
     want = torch.where(tri == 1, 1, torch.where(tri == 2, 0, 255))
     assert torch.equal(y[0], want)
     # resized to image_size, masks by nearest neighbour
     seg = build("oxford_pets", tmp_path, "segmentation", batch=2, image_size=16)
-    x, y = val_batch(seg)
+    x, y = official_test_batch(seg)
     assert x.shape == (2, 3, 16, 16) and set(y.unique().tolist()) <= {0, 1, 255}
     cls = build("oxford_pets", tmp_path, "classification", batch=2, image_size=16)
-    _, y = val_batch(cls)
+    _, y = official_test_batch(cls)
     assert y.tolist() == [1, 0] and cls.class_names[:2] == ["Abyssinian", "American Bulldog"]
 
 
@@ -293,7 +300,7 @@ def test_torchvision_classes_read_the_test_files_as_vaitrain_does(tmp_path):
     write_mnist(tmp_path, "MNIST", gz=False)
     ours = build("mnist", tmp_path, image_size=28)
     theirs = tvd.MNIST(str(tmp_path), train=False, download=False)
-    x, y = val_batch(ours)
+    x, y = official_test_batch(ours)
     assert torch.equal(x[:, 0], theirs.data) and torch.equal(y, theirs.targets)
 
     write_voc(tmp_path)
@@ -306,7 +313,7 @@ def test_torchvision_classes_read_the_test_files_as_vaitrain_does(tmp_path):
     write_pets(tmp_path)
     pets = tvd.OxfordIIITPet(str(tmp_path), split="test", target_types=["category", "segmentation"], download=False)
     image, (category, trimap) = pets[0]
-    x, y = val_batch(build("oxford_pets", tmp_path, "classification", batch=2, image_size=0))
+    x, y = official_test_batch(build("oxford_pets", tmp_path, "classification", batch=2, image_size=0))
     assert y[0].item() == category and torch.equal(x[0], torch.from_numpy(np.array(image)).permute(2, 0, 1))
 
 

@@ -17,7 +17,7 @@ from vaitrain.data.augment import AugmentSpec
 from vaitrain.data.mix import MixSpec
 from vaitrain.data.loader import DeviceLoader, StreamLoader, TensorDataset, Transform, iterate_raw
 from vaitrain.data.stats import check_stats, chunks, image_stats, target_stats
-from vaitrain.errors import ConfigError
+from vaitrain.errors import ConfigError, DataError
 
 __all__ = ["DataBundle", "build_data", "list_datasets"]
 
@@ -36,6 +36,8 @@ class DataBundle:
     name: str = ""
     task: str = ""
     notes: list[str] = field(default_factory=list)  # one-line remarks to show at the start of a run
+    test: Any = None  # loader of the held-out test split, when asked for (build_data(test=True))
+    has_test: bool = False  # whether the data has a test split at all
 
 
 def list_datasets() -> list[str]:
@@ -43,7 +45,8 @@ def list_datasets() -> list[str]:
 
 
 def build_data(data_cfg: Any, task_name: str, *, device: Any, batch_size: int, val_batch_size: int, seed: int,
-               stats: dict | None = None, rank: int = 0, world_size: int = 1, ignore_index: int = 255) -> DataBundle:
+               stats: dict | None = None, rank: int = 0, world_size: int = 1, ignore_index: int = 255,
+               test: bool = False) -> DataBundle:
     """Build the train/val loaders of data_cfg for task_name.
 
     batch_size and val_batch_size are global: each of the world_size ranks gets 1/world_size of
@@ -77,6 +80,12 @@ def build_data(data_cfg: Any, task_name: str, *, device: Any, batch_size: int, v
         mix=mix_spec(data_cfg, task_name, src.num_classes), ignore_index=ignore_index, image_size=src.image_size,
     )
     common = dict(seed=seed, rank=rank, world_size=world_size, device=device)
+    test_loader = None
+    if test:  # decoded only when asked for: training never touches it
+        if src.test is None:
+            raise DataError(f"data={name} has no test split: {_TEST_HINT.get(name, _TEST_HINT['*'])}")
+        test_loader = _loader(_place(src.test(), data_cfg, device), transform, data_cfg, train=False,
+                              batch_size=val_batch_size, **common)
     return DataBundle(
         train=_loader(train, transform, data_cfg, train=True, batch_size=batch_size, **common),
         val=_loader(val, transform, data_cfg, train=False, batch_size=val_batch_size, **common),
@@ -90,7 +99,18 @@ def build_data(data_cfg: Any, task_name: str, *, device: Any, batch_size: int, v
         name=name,
         task=task_name,
         notes=list(src.notes),
+        test=test_loader,
+        has_test=src.test is not None,
     )
+
+
+_TEST_HINT = {
+    "image_folder": "put a test/<class>/ folder beside train/ in data.root",
+    "seg_folder": "put a test/ folder (images/ + masks/) beside train/ in data.root",
+    "csv_regression": "put test.csv beside train.csv and val.csv in data.root",
+    "voc": "VOC 2012's test masks are not public; evaluate with --split val",
+    "*": "evaluate with --split val",
+}
 
 
 def augment_spec(cfg: Any) -> AugmentSpec:
@@ -139,7 +159,7 @@ def _compute_stats(train: Any, cfg: Any, task: str, src: Source, device: torch.d
     standardize = regression and bool(cfg.standardize_targets)
     if isinstance(train, TensorSplit):
         images, targets = chunks(train.images), chunks(train.targets)
-    elif mode == "none" and not standardize:
+    elif mode in ("none", "imagenet") and not standardize:  # fixed statistics: nothing to read
         images, targets = iter(()), iter(())
     else:  # one streamed pass over the training split; the (small) targets are kept on the side
         collected: list[torch.Tensor] = []
@@ -150,7 +170,7 @@ def _compute_stats(train: Any, cfg: Any, task: str, src: Source, device: torch.d
                 yield x
 
         images, targets = stream(), collected
-        if mode == "none":
+        if mode in ("none", "imagenet"):
             for _ in images:
                 pass
     out = {}

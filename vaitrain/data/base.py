@@ -52,6 +52,9 @@ class Source:
     class_names: list[str] = field(default_factory=list)
     target_names: list[str] = field(default_factory=list)  # regression: one name per target column
     notes: list[str] = field(default_factory=list)  # one-line remarks for the user (e.g. a strong shrink)
+    # A held-out test split, decoded only when asked for (eval --split test, trainer.test_at_end);
+    # None when the data has none. Never seen by training or model selection.
+    test: Callable[[], Split] | None = None
 
 
 Builder = Callable[[Any, str], Source]

@@ -1,7 +1,9 @@
 """Datasets from the user's own files.
 
 - image_folder (classification): data.root/train/<class>/*.png and data.root/val/<class>/ (val/
-  may also be called valid/, validation/ or test/), or data.root/<class>/ split by data.val_fraction.
+  may also be called valid/ or validation/), or data.root/<class>/ split by data.val_fraction.
+  A test/ folder beside train/ is the held-out test split (without val/, validation is carved
+  from train/ by data.val_fraction); likewise test/ in seg_folder and test.csv in csv_regression.
 - seg_folder (segmentation): data.root/images/* with data.root/masks/<same stem>.png, or the same
   under data.root/train/ and data.root/val/. Masks hold class indices (grayscale or palette PNG;
   0 = background, 255 = ignore) or are binary 0/255, read as 0/1 when every mask has only 0 and 255.
@@ -10,8 +12,9 @@
   first column; relative to the CSV's folder) and numeric target columns (data.target_columns, or
   all the others).
 
-Images are converted to grayscale (1 channel) when the first training image is grayscale, else RGB,
-and resized to data.image_size (0 = native: then all must have one size). Folders whose decoded
+Images are converted to grayscale (1 channel) when the first training image is grayscale, else RGB
+(transparent pixels on white), and brought to data.image_size (0 = native: then all must have one
+size) by data.resize: center_crop (the centre square, aspect ratio kept) or squash. Folders whose decoded
 size fits data.device_resident (auto: up to 2 GB) are decoded once; larger ones stream, decoded
 by DataLoader workers each epoch. Bad files raise DataError naming the file.
 """
@@ -26,10 +29,12 @@ import torch
 from torch.utils.data import Dataset
 
 from vaitrain.data.base import Source, TensorSplit, derive_seed, register, resident_mode, subset_indices
-from vaitrain.data.images import check_mask_ids, image_mode, image_size_of, is_image, load_image, load_pair, parallel_map, stack
+from vaitrain.data.images import (Fit, check_mask_ids, fit_of, image_mode, image_size_of, is_image, load_image, load_pair,
+                                  parallel_map, stack)
 from vaitrain.errors import DataError
 
-_VAL_DIRS = ("val", "valid", "validation", "test")
+_VAL_DIRS = ("val", "valid", "validation")
+_TEST_DIR = "test"  # beside train/: the held-out test split (never used for training or selection)
 _MASK_EXTS = (".png", ".bmp", ".tif", ".tiff", ".gif")
 _PATH_COLUMNS = ("path", "image", "file", "filename")
 
@@ -71,8 +76,8 @@ class FileDataset(Dataset):
     """Images (and masks) decoded per item: the streaming path for large folders."""
 
     def __init__(self, paths: Sequence[Path], targets: Any, mode: str, size: int,
-                 masks: Sequence[Path] | None = None, binary: bool = False):
-        self.paths, self.targets, self.mode, self.size = list(paths), targets, mode, size
+                 masks: Sequence[Path] | None = None, binary: bool = False, fit: Fit = Fit()):
+        self.paths, self.targets, self.mode, self.size, self.fit = list(paths), targets, mode, size, fit
         self.masks, self.binary = (list(masks) if masks is not None else None), binary
         self.shape: tuple[int, ...] | None = None if size else tuple(load_image(self.paths[0], mode, 0).shape)
 
@@ -81,11 +86,11 @@ class FileDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, Any]:
         if self.masks is not None:
-            x, y = load_pair(self.paths[i], self.masks[i], self.mode, self.size)
+            x, y = load_pair(self.paths[i], self.masks[i], self.mode, self.size, self.fit)
             if self.binary:
                 y = (y == 255).to(torch.uint8)
         else:
-            x, y = load_image(self.paths[i], self.mode, self.size), self.targets[i]
+            x, y = load_image(self.paths[i], self.mode, self.size, self.fit), self.targets[i]
         if self.shape is not None and tuple(x.shape) != self.shape:
             raise DataError(
                 f"images differ in size ({self.paths[0]} is {self.shape[2]}x{self.shape[1]}, {self.paths[i]} is "
@@ -94,14 +99,15 @@ class FileDataset(Dataset):
         return x, y
 
 
-def _decode(paths: Sequence[Path], mode: str, size: int) -> torch.Tensor:
-    return stack(parallel_map(lambda i: load_image(paths[i], mode, size), len(paths)), paths)
+def _decode(paths: Sequence[Path], mode: str, size: int, fit: Fit) -> torch.Tensor:
+    return stack(parallel_map(lambda i: load_image(paths[i], mode, size, fit), len(paths)), paths)
 
 
-def _split_of(paths: list[Path], targets: Any, mode: str, size: int, resident: bool) -> TensorSplit | FileDataset:
+def _split_of(paths: list[Path], targets: Any, mode: str, size: int, resident: bool,
+              fit: Fit = Fit()) -> TensorSplit | FileDataset:
     if not resident:
-        return FileDataset(paths, targets, mode, size)
-    return TensorSplit(_decode(paths, mode, size), torch.as_tensor(targets))
+        return FileDataset(paths, targets, mode, size, fit=fit)
+    return TensorSplit(_decode(paths, mode, size, fit), torch.as_tensor(targets))
 
 
 # ---------------------------------------------------------------- image_folder (classification)
@@ -123,19 +129,26 @@ def _scan_classes(folder: Path, classes: list[str] | None) -> tuple[list[Path], 
     return paths, labels, classes
 
 
-_IMAGE_FOLDER_LAYOUT = "a folder with train/<class>/*.png and val/<class>/*.png (or <class>/*.png, split by data.val_fraction)"
+_IMAGE_FOLDER_LAYOUT = ("a folder with train/<class>/*.png and val/<class>/*.png, optionally test/<class>/ (or "
+                        "<class>/*.png, split by data.val_fraction)")
 
 
 @register("image_folder", ("classification",))
 def build_image_folder(cfg: Any, task: str) -> Source:
     root = _root(cfg, "image_folder", _IMAGE_FOLDER_LAYOUT)
     val_dir = _val_dir(root)
+    test_dir = root / _TEST_DIR if (root / "train").is_dir() and (root / _TEST_DIR).is_dir() else None
     tr_paths: list[Path] = []
     va_paths: list[Path] = []
-    if (root / "train").is_dir() and val_dir is not None:
+    if (root / "train").is_dir() and (val_dir is not None or test_dir is not None):
         tr_paths, tr_labels, classes = _scan_classes(root / "train", None)
-        va_paths, va_labels, _ = _scan_classes(val_dir, classes)
         where = root / "train"
+        if val_dir is not None:
+            va_paths, va_labels, _ = _scan_classes(val_dir, classes)
+        elif tr_paths:  # train/ + test/: validation is carved from train/, test/ stays the test split
+            itr, iva = _holdout(len(tr_paths), cfg, root / "train")
+            va_paths, va_labels = [tr_paths[i] for i in iva], [tr_labels[i] for i in iva]
+            tr_paths, tr_labels = [tr_paths[i] for i in itr], [tr_labels[i] for i in itr]
     else:
         paths, labels, classes = _scan_classes(root, None)
         where = root
@@ -149,19 +162,28 @@ def build_image_folder(cfg: Any, task: str) -> Source:
         raise DataError(f"no images found under {val_dir}: expected {val_dir}/<class>/*.png folders")
     tr = _cap(list(zip(tr_paths, tr_labels)), int(cfg.num_train), cfg, 1)
     va = _cap(list(zip(va_paths, va_labels)), int(cfg.num_val), cfg, 2)
-    mode, size = image_mode(tr[0][0]), int(cfg.image_size)
+    mode, size, fit = image_mode(tr[0][0]), int(cfg.image_size), fit_of(cfg)
     channels = 1 if mode == "L" else 3
     resident = resident_mode(cfg, _decoded_bytes(len(tr) + len(va), channels, size, tr[0][0]))
-    train = _split_of([p for p, _ in tr], [y for _, y in tr], mode, size, resident)
-    val = _split_of([p for p, _ in va], [y for _, y in va], mode, size, resident)
+    train = _split_of([p for p, _ in tr], [y for _, y in tr], mode, size, resident, fit)
+    val = _split_of([p for p, _ in va], [y for _, y in va], mode, size, resident, fit)
     declared = int(cfg.num_classes)
     if declared and len(classes) > declared:
         raise DataError(f"{where} has {len(classes)} class folders ({classes[declared]} is class id {declared}) "
                         f"but data.num_classes={declared}: raise data.num_classes or remove the folder")
     n_cls = max(declared, len(classes))
-    return Source(train=train, val=val, in_channels=channels, image_size=_size_of(train, size),
+    image_size = _size_of(train, size)
+
+    def test() -> Any:
+        assert test_dir is not None
+        paths, labels, _ = _scan_classes(test_dir, classes)
+        if not paths:
+            raise DataError(f"no images found under {test_dir}: expected {test_dir}/<class>/*.png folders")
+        return _split_of(paths, labels, mode, size or image_size, resident, fit)
+
+    return Source(train=train, val=val, in_channels=channels, image_size=image_size,
                   num_classes=n_cls, class_names=classes + [str(k) for k in range(len(classes), n_cls)],
-                  notes=_shrink_notes(tr[0][0], size))
+                  notes=_shrink_notes(tr[0][0], size), test=test if test_dir is not None else None)
 
 
 def _shrink_notes(first: Path, size: int) -> list[str]:
@@ -210,12 +232,19 @@ def _mask_values(masks: list[torch.Tensor]) -> torch.Tensor:
 
 @register("seg_folder", ("segmentation",))
 def build_seg_folder(cfg: Any, task: str) -> Source:
-    root = _root(cfg, "seg_folder", "a folder with images/ and masks/ (or train/ and val/ each holding both)")
+    root = _root(cfg, "seg_folder", "a folder with images/ and masks/ (or train/ and val/, optionally test/, each "
+                 "holding both)")
+    test_dir = root / _TEST_DIR if (root / "train").is_dir() and (root / _TEST_DIR).is_dir() else None
     if (root / "train").is_dir():
         val_dir = _val_dir(root)
-        if val_dir is None:
+        if val_dir is None and test_dir is None:
             raise DataError(f"{root} has train/ but no val/ folder (images/ + masks/ inside each)")
-        tr, va = _pairs(root / "train"), _pairs(val_dir)
+        tr = _pairs(root / "train")
+        if val_dir is not None:
+            va = _pairs(val_dir)
+        else:  # train/ + test/: validation is carved from train/
+            itr, iva = _holdout(len(tr), cfg, root / "train")
+            tr, va = [tr[i] for i in itr], [tr[i] for i in iva]
     else:
         pairs = _pairs(root)
         if pairs:
@@ -226,7 +255,7 @@ def build_seg_folder(cfg: Any, task: str) -> Source:
     if not tr or not va:
         raise DataError(f"no images found under {root}: expected images/*.png with masks/<same name>.png")
     tr, va = _cap(tr, int(cfg.num_train), cfg, 1), _cap(va, int(cfg.num_val), cfg, 2)
-    mode, size = image_mode(tr[0][0]), int(cfg.image_size)
+    mode, size, fit = image_mode(tr[0][0]), int(cfg.image_size), fit_of(cfg)
     channels = 1 if mode == "L" else 3
     resident = resident_mode(cfg, _decoded_bytes(len(tr) + len(va), channels + 1, size, tr[0][0]))
     splits: list[Any] = []
@@ -236,7 +265,7 @@ def build_seg_folder(cfg: Any, task: str) -> Source:
     for pairs in (tr, va):
         imgs, masks = [p for p, _ in pairs], [m for _, m in pairs]
         if resident:
-            decoded = parallel_map(lambda i: load_pair(imgs[i], masks[i], mode, size), len(pairs))
+            decoded = parallel_map(lambda i: load_pair(imgs[i], masks[i], mode, size, fit), len(pairs))
             x, y = stack([d[0] for d in decoded], imgs), stack([d[1] for d in decoded], masks, "masks")
             mask_values += [torch.unique(d[1]) for d in decoded]
             splits.append(TensorSplit(x, y))
@@ -244,7 +273,7 @@ def build_seg_folder(cfg: Any, task: str) -> Source:
             from vaitrain.data.images import load_mask
 
             mask_values += parallel_map(lambda i: torch.unique(load_mask(masks[i], 0)), len(masks))
-            splits.append(FileDataset(imgs, None, mode, size, masks=masks))
+            splits.append(FileDataset(imgs, None, mode, size, masks=masks, fit=fit))
         mask_files += masks
     masks_seen |= _mask_values(mask_values)
     values = masks_seen.nonzero().flatten().tolist()
@@ -265,8 +294,29 @@ def build_seg_folder(cfg: Any, task: str) -> Source:
         n_cls = max(v for v in values if v != 255) + 1
     n_cls = max(n_cls, int(cfg.num_classes))
     names = ["background"] + [f"class{k}" for k in range(1, n_cls)]
-    return Source(train=splits[0], val=splits[1], in_channels=channels, image_size=_size_of(splits[0], size),
-                  num_classes=n_cls, class_names=names, notes=_shrink_notes(tr[0][0], size))
+    if binary:  # say which mask value is which class
+        names[:2] = ["background (mask 0)", "foreground (mask 255)"]
+    image_size = _size_of(splits[0], size)
+
+    def test() -> Any:
+        assert test_dir is not None
+        pairs = _pairs(test_dir)
+        if not pairs:
+            raise DataError(f"no images found under {test_dir}: expected images/*.png with masks/<same name>.png")
+        imgs, masks = [p for p, _ in pairs], [m for _, m in pairs]
+        decoded = parallel_map(lambda i: load_pair(imgs[i], masks[i], mode, size or image_size, fit), len(pairs))
+        y = stack([d[1] for d in decoded], masks, "masks")
+        if binary:
+            check_mask_ids([d[1] for d in decoded], masks, [0, 255], "the training masks are 0/255: use 0 and 255 only")
+            y = (y == 255).to(torch.uint8)
+        else:
+            check_mask_ids([d[1] for d in decoded], masks, [*range(min(n_cls, 255)), 255],
+                           f"the training data has classes 0..{n_cls - 1} (255 = ignore): fix the mask")
+        return TensorSplit(stack([d[0] for d in decoded], imgs), y)
+
+    return Source(train=splits[0], val=splits[1], in_channels=channels, image_size=image_size,
+                  num_classes=n_cls, class_names=names, notes=_shrink_notes(tr[0][0], size),
+                  test=test if test_dir is not None else None)
 
 
 # ---------------------------------------------------------------- csv_regression (regression)
@@ -341,10 +391,20 @@ def build_csv_regression(cfg: Any, task: str) -> Source:
     iva = subset_indices(len(va_paths), int(cfg.num_val), int(cfg.seed), 2)
     tr_paths, tr_y = [tr_paths[i] for i in itr.tolist()], tr_y[itr]
     va_paths, va_y = [va_paths[i] for i in iva.tolist()], va_y[iva]
-    mode, size = image_mode(tr_paths[0]), int(cfg.image_size)
+    mode, size, fit = image_mode(tr_paths[0]), int(cfg.image_size), fit_of(cfg)
     channels = 1 if mode == "L" else 3
     resident = resident_mode(cfg, _decoded_bytes(len(tr_paths) + len(va_paths), channels, size, tr_paths[0]))
-    train = _split_of(tr_paths, tr_y, mode, size, resident)
-    val = _split_of(va_paths, va_y, mode, size, resident)
-    return Source(train=train, val=val, in_channels=channels, image_size=_size_of(train, size),
-                  target_dim=len(names), target_names=names)
+    train = _split_of(tr_paths, tr_y, mode, size, resident, fit)
+    val = _split_of(va_paths, va_y, mode, size, resident, fit)
+    image_size = _size_of(train, size)
+    test_csv = root / "test.csv" if root.is_dir() and (root / "test.csv").is_file() else None
+
+    def test() -> Any:  # test.csv beside train.csv and val.csv
+        assert test_csv is not None
+        paths, y, te_names = _read_csv(test_csv, columns)
+        if te_names != names:
+            raise DataError(f"{test_csv} has target columns {te_names}, train.csv has {names}")
+        return _split_of(paths, y, mode, size or image_size, resident, fit)
+
+    return Source(train=train, val=val, in_channels=channels, image_size=image_size,
+                  target_dim=len(names), target_names=names, test=test if test_csv is not None else None)

@@ -1,7 +1,8 @@
 """Decoding image and mask files to uint8 tensors, with one-line DataErrors naming the bad file.
 
-Images are resized to size x size (bilinear, antialiased by PIL) when data.image_size is set and
-differs; masks with nearest neighbour so class indices survive. Decoding a list of files runs in a
+Images are brought to size x size when data.image_size is set (bilinear, antialiased by PIL): the
+centre square resized (data.resize=center_crop, aspect ratio kept) or the whole image squashed
+(squash); masks get the same geometry with nearest neighbour so class indices survive. Decoding a list of files runs in a
 thread pool (PIL releases the GIL while decoding).
 """
 from __future__ import annotations
@@ -9,8 +10,9 @@ from __future__ import annotations
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -93,23 +95,64 @@ def image_size_of(path: Path) -> tuple[int, int]:
         raise DataError(f"cannot read image {path}: {err}") from None
 
 
-def _to_tensor(im: Image.Image, mode: str, size: int) -> torch.Tensor:
-    im = im.convert(mode)
-    if size and im.size != (size, size):
-        im = im.resize((size, size), Image.BILINEAR)
+@dataclass(frozen=True)
+class Fit:
+    """How an image becomes size x size. center_crop: the centre square whose side is `fraction` of
+    the short side, resized to size x size (aspect ratio kept; fraction 0.875 is torchvision's
+    resize-256-crop-224); squash: the whole image resized to size x size."""
+
+    mode: str = "squash"  # center_crop | squash
+    fraction: float = 1.0
+
+    def box(self, w: int, h: int) -> tuple[float, float, float, float]:
+        """The region (left, top, right, bottom) of a w x h image that becomes the square."""
+        if self.mode == "squash":
+            return (0.0, 0.0, float(w), float(h))
+        side = min(w, h) * self.fraction
+        return ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+
+
+SQUASH = Fit()
+
+
+def fit_of(cfg: Any) -> Fit:
+    """The Fit of a data config (data.resize, data.crop_fraction)."""
+    return Fit(str(cfg.get("resize", "squash")), float(cfg.get("crop_fraction", 1.0)))
+
+
+def _convert(im: Image.Image, mode: str) -> Image.Image:
+    """Any file mode to 'L' or 'RGB'; transparent pixels (RGBA, LA, palette with transparency) are
+    composited on white rather than keeping whatever colour they hide."""
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA"):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(white, rgba)
+    return im.convert(mode)
+
+
+def _to_tensor(im: Image.Image, mode: str, size: int, fit: Fit = SQUASH) -> torch.Tensor:
+    im = _convert(im, mode)
+    if size:
+        box = fit.box(*im.size)
+        if im.size != (size, size) or box != (0.0, 0.0, float(im.size[0]), float(im.size[1])):
+            im = im.resize((size, size), Image.BILINEAR, box=box)
     arr = np.asarray(im, dtype=np.uint8).reshape(im.size[1], im.size[0], -1)
     return torch.from_numpy(arr.transpose(2, 0, 1).copy())
 
 
-def load_image(path: Path, mode: str, size: int) -> torch.Tensor:
-    """uint8 (C,H,W) of one image file in mode 'L' or 'RGB', resized to size x size when size > 0."""
+def load_image(path: Path, mode: str, size: int, fit: Fit = SQUASH) -> torch.Tensor:
+    """uint8 (C,H,W) of one image file in mode 'L' or 'RGB', brought to size x size (see Fit) when
+    size > 0."""
     with _open(path) as im:
-        return _to_tensor(im, mode, size)
+        return _to_tensor(im, mode, size, fit)
 
 
-def load_mask(path: Path, size: int, image_hw: tuple[int, int] | None = None, image_path: Path | None = None) -> torch.Tensor:
-    """uint8 (H,W) class indices of a mask PNG (grayscale or palette), resized by nearest neighbour.
-    image_hw: the size (H, W) the mask must have before resizing (its image's)."""
+def load_mask(path: Path, size: int, image_hw: tuple[int, int] | None = None, image_path: Path | None = None,
+              fit: Fit = SQUASH) -> torch.Tensor:
+    """uint8 (H,W) class indices of a mask PNG (grayscale or palette), resized by nearest neighbour
+    with its image's Fit. image_hw: the size (H, W) the mask must have before resizing (its image's)."""
     with _open(path) as im:
         if im.mode not in ("1", "L", "P", "I", "I;16"):
             raise DataError(f"mask {path} is {im.mode}: save masks as grayscale or palette PNGs of class indices")
@@ -122,17 +165,19 @@ def load_mask(path: Path, size: int, image_hw: tuple[int, int] | None = None, im
     if arr.max(initial=0) > 255:
         raise DataError(f"mask {path} has class index {int(arr.max())} > 255")
     arr = arr.astype(np.uint8)
-    if size and hw != (size, size):
-        arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.NEAREST))
+    if size:
+        box = fit.box(hw[1], hw[0])
+        if hw != (size, size) or box != (0.0, 0.0, float(hw[1]), float(hw[0])):
+            arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.NEAREST, box=box))
     return torch.from_numpy(arr.copy())
 
 
-def load_pair(image: Path, mask: Path, mode: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def load_pair(image: Path, mask: Path, mode: str, size: int, fit: Fit = SQUASH) -> tuple[torch.Tensor, torch.Tensor]:
     """An image and its mask, the mask checked to have the image's size before resizing."""
     with _open(image) as im:
         hw = (im.size[1], im.size[0])
-        x = _to_tensor(im, mode, size)
-    return x, load_mask(mask, size, hw, image)
+        x = _to_tensor(im, mode, size, fit)
+    return x, load_mask(mask, size, hw, image, fit)
 
 
 def parallel_map(fn: Callable[[int], T], n: int) -> list[T]:

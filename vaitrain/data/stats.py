@@ -15,6 +15,8 @@ import torch
 
 from vaitrain.errors import DataError
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet weights, on the x/255 scale
+IMAGENET_STD = (0.229, 0.224, 0.225)
 _CHUNK = 4096  # images per reduction step: bounds the float64 scratch memory
 
 
@@ -49,6 +51,9 @@ def image_stats(batches: Iterable[torch.Tensor], mode: str, channels: int) -> tu
     """mean, std of uint8 image batches (N,C,H,W) on the x/255 scale, per channel or per pixel."""
     if mode == "none":
         return torch.zeros(channels), torch.ones(channels)
+    if mode == "imagenet":  # what torchvision's pretrained weights expect; grayscale: the RGB average
+        mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+        return (mean, std) if channels == 3 else (mean.mean().repeat(channels), std.mean().repeat(channels))
     moments = _Moments((0, 2, 3) if mode == "channel" else (0,))
     for x in batches:
         moments.add(x)

@@ -8,8 +8,9 @@ files are then read here directly, vectorized (idx, pickled batches, .mat, JPEG/
 than through the torchvision classes, whose md5 checks accept only the official files; everything
 is decoded once to uint8 tensors and resized to data.image_size when that is set and differs.
 
-Splits: train / test for the classification sets (test serves as val), VOC train / val,
-Oxford-IIIT Pet trainval / test. Pet trimaps map to 0 = background, 1 = pet, 255 = border (ignored);
+Splits: the classification sets and Oxford-IIIT Pet carve validation out of their official training
+split (data.val_fraction, drawn by data.seed) and keep the official test split as `test` (never
+used for training or model selection); VOC 2012 has train / val and no test split with masks. Pet trimaps map to 0 = background, 1 = pet, 255 = border (ignored);
 VOC keeps its 255 object borders as ignore.
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vaitrain.data.base import Source, TensorSplit, register, subset_indices
+from vaitrain.data.base import Source, TensorSplit, derive_seed, register, subset_indices
 from vaitrain.data.images import check_mask_ids, load_image, load_pair, parallel_map, stack
 from vaitrain.data.matfile import load_mat
 from vaitrain.data.safe_pickle import load_arrays
@@ -115,16 +116,29 @@ def _subset(images: torch.Tensor, labels: torch.Tensor, cap: int, seed: int, str
     return TensorSplit(images, labels)
 
 
-def _classification(cfg: Any, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
+def carve_val(n: int, cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train and validation indices of an official training split: data.val_fraction of it (at
+    least one sample) held out for validation, drawn by data.seed; the official test split stays
+    the test split, so model selection never sees it."""
+    if n < 2:
+        raise DataError(f"the training split has {n} sample(s): carving a validation split needs at least 2")
+    n_val = min(n - 1, max(1, round(n * float(cfg.val_fraction))))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(int(cfg.seed), 0x7A)))
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+def _classification(cfg: Any, train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
                     classes: list[str]) -> Source:
     size = int(cfg.image_size)
     seed = int(cfg.seed)
-    tr = _subset(*train, int(cfg.num_train), seed, 1)
-    va = _subset(*val, int(cfg.num_val), seed, 2)
+    itr, iva = carve_val(int(train[0].shape[0]), cfg)
+    tr = _subset(train[0][itr], train[1][itr], int(cfg.num_train), seed, 1)
+    va = _subset(train[0][iva], train[1][iva], int(cfg.num_val), seed, 2)
     tr.images, va.images = _resize(tr.images, size), _resize(va.images, size)
     n_cls = max(len(classes), int(cfg.num_classes))
     return Source(train=tr, val=va, in_channels=int(tr.images.shape[1]), image_size=int(tr.images.shape[-1]),
-                  num_classes=n_cls, class_names=classes + [str(k) for k in range(len(classes), n_cls)])
+                  num_classes=n_cls, class_names=classes + [str(k) for k in range(len(classes), n_cls)],
+                  test=lambda: TensorSplit(_resize(test[0], size), test[1]))
 
 
 # ---------------------------------------------------------------- MNIST, FashionMNIST
@@ -316,10 +330,9 @@ def build_oxford_pets(cfg: Any, task: str) -> Source:
     # trimap 1 = pet, 2 = background, 3 = border (ignored)
     lut = torch.full((256,), 255, dtype=torch.uint8)
     lut[1], lut[2] = 1, 0
-    splits, names = [], {}
-    for list_name, cap, stream in (("trainval.txt", int(cfg.num_train), 1), ("test.txt", int(cfg.num_val), 2)):
-        rows = _read_list(ann / list_name)
-        rows = [rows[i] for i in subset_indices(len(rows), cap, int(cfg.seed), stream).tolist()]
+    names: dict[int, str] = {}
+
+    def decode(list_name: str, rows: list[list[str]]) -> TensorSplit:
         if not rows:
             raise DataError(f"{ann / list_name} lists no images")
         ids = [r[0] for r in rows]
@@ -328,15 +341,27 @@ def build_oxford_pets(cfg: Any, task: str) -> Source:
             names.setdefault(k, " ".join(part.title() for part in i.rsplit("_", 1)[0].split("_")))
         images = [base / "images" / f"{i}.jpg" for i in ids]
         masks = [ann / "trimaps" / f"{i}.png" for i in ids] if seg else None
-        splits.append(_decode_list(images, labels, masks, int(cfg.image_size), lambda y: lut[y.long()],
-                                   ([1, 2, 3], "Oxford-IIIT Pet trimaps hold 1, 2 and 3 only; replace the file")))
+        return _decode_list(images, labels, masks, int(cfg.image_size), lambda y: lut[y.long()],
+                            ([1, 2, 3], "Oxford-IIIT Pet trimaps hold 1, 2 and 3 only; replace the file"))
+
+    # validation is carved from trainval; the official test list stays the test split
+    trainval = _read_list(ann / "trainval.txt")
+    itr, iva = carve_val(len(trainval), cfg) if len(trainval) >= 2 else (torch.arange(len(trainval)), torch.arange(0))
+    splits = []
+    for idx, cap, stream in ((itr, int(cfg.num_train), 1), (iva, int(cfg.num_val), 2)):
+        rows = [trainval[i] for i in idx.tolist()]
+        splits.append(decode("trainval.txt", [rows[i] for i in subset_indices(len(rows), cap, int(cfg.seed), stream).tolist()]))
     size = int(splits[0].images.shape[-1])
+
+    def test() -> TensorSplit:
+        return decode("test.txt", _read_list(ann / "test.txt"))
+
     if seg:
         return Source(train=splits[0], val=splits[1], in_channels=3, image_size=size, num_classes=2,
-                      class_names=["background", "pet"])
+                      class_names=["background", "pet"], test=test)
     n_cls = max(37, int(cfg.num_classes))
     return Source(train=splits[0], val=splits[1], in_channels=3, image_size=size, num_classes=n_cls,
-                  class_names=[names.get(k, str(k)) for k in range(n_cls)])
+                  class_names=[names.get(k, str(k)) for k in range(n_cls)], test=test)
 
 
 @register("voc", ("segmentation",))

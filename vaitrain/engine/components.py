@@ -9,6 +9,7 @@ import torch
 from omegaconf import DictConfig
 
 from vaitrain.data import build_data
+from vaitrain.engine.start import apply_freeze, start_weights
 from vaitrain.models import build_model
 from vaitrain.optim import build_optimization
 from vaitrain.tasks import build_task
@@ -20,6 +21,7 @@ class Components:
     task: Any
     model: torch.nn.Module  # what is trained and checkpointed (Alrao may wrap the built net)
     opt: Any  # Optimization(model, optimizer, scheduler, objective, after_step)
+    start: Any = None  # models.weights.LoadReport of model.weights / init_from (new runs only)
 
 
 def val_batch_size(cfg: DictConfig) -> int:
@@ -33,7 +35,9 @@ def build_components(
     stats: dict[str, Any] | None = None,
     rank: int = 0,
     world_size: int = 1,
+    start: bool = False,
 ) -> Components:
+    """start=True (a new training run): load model.weights / init_from into the built model."""
     data = build_data(
         cfg.data,
         cfg.task.name,
@@ -55,6 +59,8 @@ def build_components(
         image_size=data.image_size,
         dense=task.dense,
     )
+    report = start_weights(cfg, net) if start else None
+    apply_freeze(cfg, net)  # before the optimizer (Alrao) wraps the final layer
     net.to(device)
     if cfg.trainer.channels_last:
         net.to(memory_format=torch.channels_last)
@@ -63,4 +69,4 @@ def build_components(
         cfg.optim, cfg.sched, net, task, steps_per_epoch=steps_per_epoch, epochs=int(cfg.trainer.epochs)
     )
     model = opt.model.to(device)
-    return Components(data=data, task=task, model=model, opt=opt)
+    return Components(data=data, task=task, model=model, opt=opt, start=report)

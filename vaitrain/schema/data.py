@@ -17,8 +17,13 @@ class DataConfig:
     seed: int = 0  # seed of the generated scenes (shapes) and of subsampling
     num_classes: int = 0  # 0 = the dataset's; shapes: use the first N shape classes; others: at least N
     target_columns: List[str] = field(default_factory=list)  # csv_regression (empty = all but path)
-    val_fraction: float = 0.1  # folders without a val split: fraction held out
-    normalize: str = "channel"  # channel | pixel | none
+    val_fraction: float = 0.1  # held out of the training split for validation (folders without val/,
+    # torchvision sets: their official test split stays the test split); seeded by data.seed
+    normalize: str = "channel"  # channel | pixel | none | imagenet (torchvision's mean/std)
+    # Photos (folders, predict): `center_crop` resizes the short side to image_size / crop_fraction
+    # and cuts the centre image_size square (aspect ratio kept); `squash` resizes to a square.
+    resize: str = "center_crop"  # center_crop | squash
+    crop_fraction: float = 1.0  # center_crop: the side of the centre square over the resized short side
     standardize_targets: bool = True  # regression: targets standardized with train statistics
     # Training batches only, per sample on the device (data/augment.py). true: the geometric options
     # below; trivial: also TrivialAugmentWide; false: nothing. Regression gets only colour jitter,

@@ -13,6 +13,11 @@ class ModelConfig:
     init_dist: str = "normal"  # normal|uniform (for xavier/he/lecun)
     dropout: float = 0.0  # before the final layer (AlphaDropout for selu nets)
     width_mult: float = 1.0  # multiplies every hidden width
+    # Starting weights: a torchvision-format state_dict file (e.g. resnet18-f37072fd.pth), or
+    # `imagenet` for torchvision's file in torch's hub cache; a new final layer/stem where the
+    # classes/channels differ. Implies data.normalize=imagenet unless data.normalize is given.
+    weights: str = ""
+    freeze: str = "none"  # none | backbone (train the final layer only; frozen BN stays in eval mode)
 
 
 @dataclass

@@ -45,6 +45,7 @@ class RootConfig:
     seed: int = 0
     out_dir: str = "runs"  # run directories go under <out_dir>/<date>/
     resume: Optional[str] = None  # a run directory to continue
+    init_from: Optional[str] = None  # a run directory or checkpoint file: its model weights start a new run
     name: str = ""  # optional tag appended to the run directory name
 
 

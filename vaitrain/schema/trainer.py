@@ -33,6 +33,7 @@ class TrainerConfig:
     devices: int = 1  # processes to launch for DistributedDataParallel
     sync_bn: bool = False
     deterministic: bool = False
+    test_at_end: bool = False  # after the last epoch: metrics on the data's test split (never used for selection)
     ema: float = 0.0  # decay of an exponential moving average of the weights (e.g. 0.9998); 0 = off
 
 
