@@ -84,3 +84,60 @@ def test_a_model_that_cannot_be_counted_gets_a_row_saying_why(monkeypatch: pytes
     assert "FLOPs not counted: RuntimeError: meta kernel missing" in result.output
     assert "second line" not in result.output
     assert re.search(r"resnet20 .*269,462 .*0\.08", result.output)
+
+
+# ----- discoverability ------------------------------------------------------------------------------
+def test_version() -> None:
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"vaitrain {vaitrain.__version__}"
+
+
+def test_options_lists_keys_with_their_ranges_and_choices() -> None:
+    from vaitrain.config import BOUNDS, CHOICES
+
+    result = CliRunner().invoke(app, ["options", "optim"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    row = next(l for l in lines if "│ optim.lr " in l)
+    assert f">= {BOUNDS['optim.lr'][0]:g}" in row
+    assert "adam adamw alrao sgd" in next(l for l in lines if "│ optim= " in l)
+    assert "|".join(CHOICES["optim.body"]) in next(l for l in lines if "│ optim.body " in l)
+    assert "max global grad norm" in next(l for l in lines if "│ optim.grad_clip " in l)  # the schema's comment
+    assert "model." not in result.output  # one group only
+
+
+def test_options_show_the_keys_of_the_chosen_option() -> None:
+    unet = CliRunner().invoke(app, ["options", "model", "model=unet"], env={"COLUMNS": "200"}).output
+    resnet = CliRunner().invoke(app, ["options", "model"], env={"COLUMNS": "200"}).output
+    assert "model.up " in unet and "model.up " not in resnet
+
+
+def test_options_unknown_group_is_one_line() -> None:
+    result = CliRunner().invoke(app, ["options", "optimizer"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "error: group=optimizer is not a valid choice; choose one of: optim, " + result.output.split("optim, ", 1)[1].strip()]
+
+
+def _complete_zsh(line: str) -> str:
+    result = CliRunner().invoke(app, [], prog_name="vaitrain",
+                                env={"_VAITRAIN_COMPLETE": "complete_zsh", "_TYPER_COMPLETE_ARGS": line})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_completion_of_groups_options_and_keys() -> None:
+    from vaitrain.config import group_options
+
+    out = _complete_zsh("vaitrain train model=")
+    assert sorted(re.findall(r'"model=(\w+)"', out)) == sorted(group_options("model"))
+    assert re.findall(r'"([\w.=]+)"', _complete_zsh("vaitrain train optim.l")) == [
+        "optim.lr=", "optim.lr_max=", "optim.lr_min="]
+    assert '"model.act=selu"' in _complete_zsh("vaitrain train model.act=se")
+
+
+def test_completion_when_bash_splits_at_equals() -> None:
+    from vaitrain.options import complete_override
+
+    assert "=sgd" in complete_override(["train", "optim"], "=")  # the "=" word itself
+    assert complete_override(["train", "optim", "="], "s") == ["sgd"]  # the word after "="

@@ -20,13 +20,38 @@ app = typer.Typer(
     help="Train, evaluate and benchmark image networks; every choice is a config override "
     "(e.g. `vaitrain train model=unet task=segmentation optim=adam`).",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion: groups, options and keys complete (vaitrain/options.py)
     pretty_exceptions_enable=False,
 )
 console = Console()
 F = TypeVar("F", bound=Callable[..., Any])
 
-OVERRIDES_HELP = "Hydra overrides: group=option (optim=adam) or key=value (trainer.epochs=3)."
+OVERRIDES_HELP = ("Hydra overrides: group=option (optim=adam) or key=value (trainer.epochs=3); "
+                  "`vaitrain options` lists them all.")
+
+
+def _complete(ctx: typer.Context, args: List[str], incomplete: str) -> List[str]:
+    from vaitrain.options import complete_override
+
+    try:
+        return complete_override(list(args), incomplete)
+    except Exception:  # noqa: BLE001 - a completion never prints a traceback into the shell
+        return []
+
+
+def _version(value: bool) -> None:
+    if value:
+        import vaitrain
+
+        typer.echo(f"vaitrain {vaitrain.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Train, evaluate and benchmark image networks; every choice is a config override
+    (e.g. `vaitrain train model=unet task=segmentation optim=adam`); `vaitrain options` lists them."""
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -73,7 +98,7 @@ def _cell(v: Any) -> str:
 @app.command(context_settings={"allow_extra_args": False})
 @one_line_errors
 def train(
-    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP, autocompletion=_complete),
     multirun: bool = typer.Option(False, "-m", "--multirun", help="Sweep: a,b / range(..) / choice(..) values."),
 ) -> None:
     """Train a model (default: ResNet-20 on the embedded shapes data). resume=RUN_DIR continues a run."""
@@ -191,7 +216,7 @@ def eval_(
 
 @app.command()
 @one_line_errors
-def config(overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP)) -> None:
+def config(overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP, autocompletion=_complete)) -> None:
     """Print the composed, resolved config."""
     from vaitrain.config import compose, to_yaml
 
@@ -200,7 +225,30 @@ def config(overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_
 
 @app.command()
 @one_line_errors
-def models(overrides: Optional[List[str]] = typer.Argument(None, help="e.g. data.image_size=64 task=segmentation")) -> None:
+def options(
+    group: Optional[str] = typer.Argument(None, help="model, data, task, optim, sched, norm, trainer or bench; default: all."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="Choices whose keys to show, e.g. model=unet.",
+                                                    autocompletion=_complete),
+) -> None:
+    """Every key you can set, with its allowed values or range, its value now and what it does."""
+    from vaitrain.options import option_rows
+
+    given = list(overrides or [])
+    if group is not None and "=" in group:  # `vaitrain options model=unet`: no group named
+        group, given = None, [group, *given]
+    rows = option_rows(group, given)
+    table = Table(title="options (set as key=value; group= picks a file of conf/<group>/)", title_justify="left")
+    for col, kw in (("key", {"no_wrap": True}), ("allowed", {"overflow": "fold", "max_width": 34}),
+                    ("now", {"overflow": "fold", "max_width": 16}), ("what it does", {"overflow": "fold"})):
+        table.add_column(col, **kw)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+@app.command()
+@one_line_errors
+def models(overrides: Optional[List[str]] = typer.Argument(None, help="e.g. data.image_size=64 task=segmentation", autocompletion=_complete)) -> None:
     """Every model with its parameters and GFLOPs at the chosen data's resolution."""
     from vaitrain.track.progress import for_stderr
     from vaitrain.zoo import model_table
@@ -215,7 +263,7 @@ def models(overrides: Optional[List[str]] = typer.Argument(None, help="e.g. data
 
 @app.command()
 @one_line_errors
-def inspect(overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP)) -> None:
+def inspect(overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP, autocompletion=_complete)) -> None:
     """At initialization: each layer's activation variance and gradient norm for one batch."""
     from vaitrain.zoo import init_table
 
@@ -252,7 +300,7 @@ def compare_runs(
         None, "--metric", help="Metric tag, repeatable (val/acc1, val/loss:min); default: the task's main one and val/loss."),
     sort: Optional[str] = typer.Option(None, "--sort", help="A metric (best first) or a column; a leading '-' reverses."),
     fmt: str = typer.Option("table", "--format", help="table | markdown | csv | json"),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the metrics' curves to FILE.png (needs vaitrain[plot])."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the metrics' curves to FILE.png (needs matplotlib: the \\[plot] extra)."),
     serve: bool = typer.Option(False, "--serve", help="Then start TensorBoard on the runs (Ctrl-C stops it)."),
     port: int = typer.Option(6006, "--port", help="--serve: first port to try."),
 ) -> None:

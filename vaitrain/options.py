@@ -1,0 +1,147 @@
+"""What can be set, for `vaitrain options [GROUP]` and shell completion.
+
+Everything is read from where the options are defined, so the listing follows them: the groups
+and their options from conf/ (config.GROUPS, config.group_options), allowed values and ranges
+from config.CHOICES / config.BOUNDS, the keys, defaults and one-line docs from the schema
+dataclasses (the comment after each field). Keys are those of the composed config, so they are
+the ones that apply to the chosen options (`vaitrain options model model=unet`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+from functools import lru_cache
+from typing import Any, Iterable
+
+from omegaconf import DictConfig, OmegaConf
+
+from vaitrain import config as _config
+from vaitrain.errors import check_choice
+
+_FIELD_COMMENT = re.compile(r"^\s+(\w+)\s*:[^#]*#\s*(.+)$")
+
+
+@lru_cache(maxsize=None)
+def _field_docs(schema: type) -> dict[str, str]:
+    """{field: the comment on its line} of a schema dataclass and its bases."""
+    docs: dict[str, str] = {}
+    for cls in reversed(schema.__mro__):
+        if not dataclasses.is_dataclass(cls):
+            continue
+        try:
+            lines = inspect.getsource(cls).splitlines()
+        except (OSError, TypeError):
+            continue
+        for line in lines:
+            m = _FIELD_COMMENT.match(line)
+            if m:
+                docs[m.group(1)] = m.group(2).strip()
+    return docs
+
+
+def _allowed(key: str, default: Any) -> str:
+    if key in _config.CHOICES:
+        return "|".join(_config.CHOICES[key])
+    if key in _config.BOUNDS:
+        lo, hi = _config.BOUNDS[key]
+        return f">= {lo:g}" if hi is None else f"{lo:g} .. {hi:g}"
+    if isinstance(default, bool):
+        return "true|false"
+    if isinstance(default, int):
+        return "integer"
+    if isinstance(default, float):
+        return "number"
+    if isinstance(default, (list, tuple)) or OmegaConf.is_list(default):
+        return "list"
+    return "text"
+
+
+def _leaves(node: DictConfig, prefix: str) -> Iterable[tuple[str, Any, str]]:
+    """(dotted key, default, doc) of every leaf under node."""
+    schema = OmegaConf.get_type(node)
+    docs = _field_docs(schema) if schema is not None and dataclasses.is_dataclass(schema) else {}
+    for name in node.keys():
+        value = node._get_node(name)  # noqa: SLF001 - the node keeps lists/dicts unresolved
+        key = f"{prefix}.{name}"
+        if OmegaConf.is_dict(value):
+            yield from _leaves(value, key)  # type: ignore[arg-type]
+        else:
+            plain = OmegaConf.to_container(value) if OmegaConf.is_list(value) else node[name]
+            yield key, plain, docs.get(str(name), "")
+
+
+def option_rows(group: str | None = None, overrides: Iterable[str] = ()) -> list[list[str]]:
+    """Rows [key, allowed values or range, current value, doc]: for each group (or just `group`)
+    first `group=` and its options, then its keys in the composed config."""
+    groups = _config.GROUPS
+    if group is not None:
+        check_choice("group", group, groups)
+        groups = (group,)
+    cfg = _config.compose(list(overrides))
+    rows: list[list[str]] = []
+    for g in groups:
+        options = _config.group_options(g)
+        chosen = str(cfg[g].get("name", "")) if "name" in cfg[g] else ""
+        if len(options) > 1:
+            rows.append([f"{g}=", " ".join(options), chosen, f"which {g} (a file in conf/{g}/)"])
+        for key, value, doc in _leaves(cfg[g], g):
+            if key == f"{g}.name" and len(options) > 1:
+                continue  # the same as g=
+            rows.append([key, _allowed(key, value), _show(value), doc])
+    return rows
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+# ----- shell completion -------------------------------------------------------------------------------
+@lru_cache(maxsize=1)
+def _all_keys() -> dict[str, tuple[str, ...]]:
+    """Every settable key -> its values to offer (empty: free text), for the default options of
+    each group and every model family's schema."""
+    cfg = _config.compose([])
+    keys: dict[str, tuple[str, ...]] = {}
+    for g in _config.GROUPS:
+        keys[f"{g}"] = tuple(_config.group_options(g))
+        for key, value, _ in _leaves(cfg[g], g):
+            keys[key] = _values(key, value)
+    for option in _config.group_options("model"):  # keys of the other model families
+        try:
+            model_cfg = _config.compose([f"model={option}"]).model
+        except Exception:  # noqa: BLE001 - completion must never fail
+            continue
+        for key, value, _ in _leaves(model_cfg, "model"):
+            keys.setdefault(key, _values(key, value))
+    for key in ("seed", "out_dir", "resume", "name"):
+        keys.setdefault(key, ())
+    return keys
+
+
+def _values(key: str, value: Any) -> tuple[str, ...]:
+    if key in _config.CHOICES:
+        return tuple(_config.CHOICES[key])
+    if isinstance(value, bool):
+        return ("true", "false")
+    return ()
+
+
+def complete_override(args: list[str], incomplete: str) -> list[str]:
+    """Completions of one override word: `mod` -> `model=`, `model.`...; `model=` -> the models;
+    `optim.lr` -> `optim.lr=`. Bash splits words at '=' (COMP_WORDBREAKS): then `model`, `=`
+    and the value arrive as separate words, and a value is offered for the '=' word."""
+    keys = _all_keys()
+    if incomplete == "=" and args and args[-1] in keys:  # bash: the word after `model` is "="
+        return [f"={v}" for v in keys[args[-1]]]
+    if len(args) >= 2 and args[-1] == "=" and args[-2] in keys:  # bash: the value after "="
+        return [v for v in keys[args[-2]] if v.startswith(incomplete)]
+    if "=" in incomplete:
+        key, _, typed = incomplete.partition("=")
+        return [f"{key}={v}" for v in keys.get(key, ()) if v.startswith(typed)]
+    found = [f"{k}=" for k in keys if k.startswith(incomplete)]
+    return sorted(found)
