@@ -10,15 +10,8 @@ from pathlib import Path
 import pytest
 
 from fake_runs import merged, write_run
-from vaitrain.compare import (
-    compare,
-    config_diff,
-    find_runs,
-    flatten,
-    load_run,
-    metric_mode,
-    render,
-)
+from vaitrain.compare import compare, config_diff, metric_mode, render
+from vaitrain.track.runs import find_runs, flatten, load_run
 from vaitrain.errors import ConfigError, RunDirError
 
 # known curves: acc is best at epoch 2, loss at epoch 3
