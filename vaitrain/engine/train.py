@@ -25,8 +25,9 @@ from vaitrain.engine.ema import WeightEMA
 from vaitrain.engine.device import resolve_device, resolve_precision, rng_state, seed_everything, set_rng_state
 from vaitrain.engine.evaluate import run_validation
 from vaitrain.engine.layer_stats import LayerStats
-from vaitrain.engine.records import Records
+from vaitrain.engine.records import EPOCH_TIME, LR, THROUGHPUT, TRAIN_LOSS, Records, start_summary
 from vaitrain.engine.step import MIN_LOSS_SCALE, OptimizerStep, check_finite, mean_over_ranks
+from vaitrain.track import rundir
 
 __all__ = ["MIN_LOSS_SCALE", "RunResult", "Trainer", "train"]
 
@@ -80,7 +81,7 @@ class Trainer:
             check_compatible(self.store.last, self.resume_state, self.model, cfg.model.name, cfg.task.name)
         self.run_dir = self.store.open(
             Path(out_dir) if out_dir is not None else Path(cfg.out_dir), model=cfg.model.name,
-            data=cfg.data.name, name=name or cfg.name, dated=dated, config_yaml=self.config_yaml,
+            data=rundir.data_label(cfg), name=name or cfg.name, dated=dated, config_yaml=self.config_yaml,
             overrides=overrides, device=self.device,
         )
 
@@ -104,7 +105,7 @@ class Trainer:
         if self.resume_state is not None:
             self._restore(self.resume_state)
         self.records = Records(cfg, self.run_dir, main=self.ctx.is_main,
-                               elapsed=float((self.resume_state or {}).get("elapsed", 0.0)))
+                               elapsed=float((self.resume_state or {}).get("elapsed", 0.0)), overrides=overrides)
 
     # ----- checkpoints -------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -152,6 +153,9 @@ class Trainer:
         try:
             records.open(resumed=self.resume_state is not None, epoch=self.epoch, step=self.step,
                          config_yaml=self.config_yaml, model=self.model)
+            records.progress.line(start_summary(
+                self.cfg, self.run_dir, params=self.params, data=self.parts.data, device=self.device,
+                precision=self.precision, world_size=self.ctx.world_size, resumed=self.resume_state is not None))
             for note in self.parts.data.notes:  # e.g. images shrunk by more than 2x
                 records.progress.line(note)
             with stop.installed():
@@ -283,9 +287,9 @@ class Trainer:
         check_finite(self.model, bad, self.step, self.store.last)
         seconds = clock.seconds()
         progress.finish()
-        return {"train/loss": mean_over_ranks(epoch_loss_sum, epoch_count, self.ctx.enabled),
-                "lr": optstep.lr(), "throughput": images * self.ctx.world_size / max(seconds, 1e-9),
-                "epoch_time": seconds}
+        return {TRAIN_LOSS: mean_over_ranks(epoch_loss_sum, epoch_count, self.ctx.enabled),
+                LR: optstep.lr(), THROUGHPUT: images * self.ctx.world_size / max(seconds, 1e-9),
+                EPOCH_TIME: seconds}
 
 
 class Stopwatch:
