@@ -1,14 +1,23 @@
-"""The bench report as files (JSON, CSV) and as table cells for the CLI."""
+"""The bench report as files (JSON, CSV) and as table cells for the CLI. (run.py fills it; this
+module imports nothing of the measuring side.)"""
 from __future__ import annotations
 
 import csv
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from vaitrain.bench.run import BenchReport
 from vaitrain.errors import ConfigError, RunDirError
+
+
+@dataclass
+class BenchReport:
+    rows: list[dict[str, Any]]
+    environment: dict[str, Any]
+    settings: dict[str, Any]
+    out: Optional[str] = None
 
 
 def write_out(report: BenchReport, path: str | Path) -> Path:
@@ -57,12 +66,6 @@ def _num(v: Optional[float], digits: int = 3) -> str:
     if abs(v) >= 100:
         return f"{v:,.0f}"
     return f"{v:.{digits}g}"
-
-
-def _spread(row: dict[str, Any], mode: str) -> str:
-    if f"{mode}_ms" not in row:
-        return "-"
-    return f"{_num(row[f'{mode}_ms'])} ({_num(row[f'{mode}_ms_p10'])}-{_num(row[f'{mode}_ms_p90'])})"
 
 
 def _ratio(r: dict[str, Any], key: str) -> str:

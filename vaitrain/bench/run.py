@@ -5,7 +5,6 @@ copy of the config with the bench settings applied, so the bench times what `vai
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -14,18 +13,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from vaitrain.bench.baselines import baseline_subject
 from vaitrain.bench.harness import Measurement, Settings, Setup, Subject, measure
+from vaitrain.bench.report import BenchReport, check_out, write_out
 from vaitrain.errors import ConfigError
 
 Progress = Optional[Callable[[str], None]]
 SCHEDULE_EPOCHS = 1000  # the schedule built for the bench must not run out while it is timed
-
-
-@dataclass
-class BenchReport:
-    rows: list[dict[str, Any]]
-    environment: dict[str, Any]
-    settings: dict[str, Any]
-    out: Optional[str] = None
 
 
 def bench_settings(cfg: DictConfig, device: torch.device) -> Settings:
@@ -205,7 +197,6 @@ def run_bench(overrides: Sequence[str] = (), multirun: bool = False, progress: P
     keeps the rows it finished."""
     from vaitrain.bench.environment import environment
     from vaitrain.bench.peak import measured_peak_tflops
-    from vaitrain.bench.report import check_out, write_out
     from vaitrain.engine.device import resolve_device
 
     labelled = jobs(overrides, multirun)

@@ -46,8 +46,5 @@ class TBWriter:
         # Anything else (add_figure, add_images, ...) goes straight to the SummaryWriter.
         return getattr(self.w, name)
 
-    def flush(self) -> None:
-        self.w.flush()
-
     def close(self) -> None:
         self.w.close()
