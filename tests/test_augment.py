@@ -244,3 +244,18 @@ def test_build_data_wires_the_options_and_refuses_mixing_non_class_targets():
     xr, _ = next(iter(r.train))
     assert xr.shape[-1] == 16  # regression: no window (it would move the targets)
     assert r.train.augment  # ... but TrivialAugment's colour ops apply
+
+
+def test_bench_rows_name_the_augmentation():
+    from vaitrain.config import compose
+    from vaitrain.data import augmentation_label
+
+    def label(*o: str) -> str:
+        c = compose(list(o))
+        return augmentation_label(c.data, c.task.name)
+
+    assert label() == "pad4+flip"
+    assert label("data.augment=trivial", "data.mixup=0.2", "data.cutmix=1.0") == "pad4+flip+trivial+mixup0.2+cutmix1"
+    assert label("data.augment=false", "data.mixup=0.2") == "none"
+    assert label("task=regression", "data.augment=trivial", "data.erasing=0.25") == "trivial+erase0.25"
+    assert label("task=segmentation", "data.crop=16", "data.rotate=true", "data.crop_padding=0") == "crop16+flip+rot90"

@@ -91,13 +91,14 @@ def vaitrain_setup(cfg: DictConfig, device: torch.device, batch: int) -> Setup:
 
 def bench_job(cfg: DictConfig, device: torch.device, peak: Optional[float] = None) -> dict[str, Any]:
     """Measure one config; any failure becomes a row whose note says why."""
+    from vaitrain.data import augmentation_label
     from vaitrain.models.flops import count_flops
 
     settings = bench_settings(cfg, device)
     size = int(cfg.bench.image_size or cfg.data.image_size)
     row: dict[str, Any] = {
         "model": str(cfg.model.name), "task": str(cfg.task.name), "data": str(cfg.data.name),
-        "optim": str(cfg.optim.name),
+        "optim": str(cfg.optim.name), "augment": augmentation_label(cfg.data, str(cfg.task.name)),
         "image_size": size, "batch": batch_size(cfg), "batch_asked": batch_size(cfg),
         "precision": settings.precision, "channels_last": settings.channels_last,
         "compile": settings.compile, "device": str(device), "status": "ok",

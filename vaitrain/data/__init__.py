@@ -128,6 +128,23 @@ def augment_spec(cfg: Any) -> AugmentSpec:
     )
 
 
+def augmentation_label(cfg: Any, task: str) -> str:
+    """A short name of the training augmentation a data config gives `task` (bench rows, tables)."""
+    if str(cfg.augment).lower() == "false":
+        return "none"
+    spec, parts = augment_spec(cfg), []
+    geometric = task != "regression"
+    if geometric:
+        parts += [f"pad{spec.pad}" if spec.pad and not spec.resized_crop else "", f"crop{spec.crop}" if spec.crop else "",
+                  "rrc" if spec.resized_crop else "", "flip" if spec.flip else "", "vflip" if spec.vflip else "",
+                  "rot90" if spec.rotate else ""]
+    parts += ["trivial" if spec.trivial else "", f"jitter{spec.jitter:g}" if spec.jitter else "",
+              f"hue{spec.hue:g}" if spec.hue else "", f"erase{spec.erasing:g}" if spec.erasing else ""]
+    if task == "classification":
+        parts += [f"mixup{float(cfg.mixup):g}" if float(cfg.mixup) else "", f"cutmix{float(cfg.cutmix):g}" if float(cfg.cutmix) else ""]
+    return "+".join(p for p in parts if p) or "none"
+
+
 def mix_spec(cfg: Any, task: str, num_classes: int) -> MixSpec:
     """Mixup/CutMix of the data config; classification only (a mixed mask or target means nothing)."""
     spec = MixSpec(mixup=float(cfg.mixup), cutmix=float(cfg.cutmix), prob=float(cfg.mixup_prob),
