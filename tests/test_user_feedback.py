@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import math
 import re
 import time
 
@@ -141,3 +142,69 @@ def test_completion_when_bash_splits_at_equals() -> None:
 
     assert "=sgd" in complete_override(["train", "optim"], "=")  # the "=" word itself
     assert complete_override(["train", "optim", "="], "s") == ["sgd"]  # the word after "="
+
+
+# ----- images through torchvision, NLL against torch's ------------------------------------------------
+def test_grid_layout_by_hand() -> None:
+    import torch
+
+    from vaitrain.tasks import images
+
+    cells = [torch.full((3, 2, 2), float(v)) for v in (0.1, 0.2, 0.3)]
+    g = images.grid(cells, nrow=2, pad=1)
+    assert g.shape == (3, 7, 7)  # 2 rows x 2 columns of (2 + 1) px, + 1 px border
+    assert float(g[0, 1, 1]) == pytest.approx(0.1) and float(g[0, 1, 4]) == pytest.approx(0.2)
+    assert float(g[0, 4, 1]) == pytest.approx(0.3)
+    assert float(g[0, 0, 0]) == 0.5 and float(g[0, 4, 4]) == 0.5  # padding and the empty cell are grey
+
+
+def test_overlay_blends_class_colours_and_greys_ignored_pixels() -> None:
+    import torch
+
+    from vaitrain.tasks import images
+
+    img = torch.rand(3, 4, 4)
+    mask = torch.tensor([[0, 1, 2, 255]] * 4)
+    colours = images.palette(3)
+    out = images.overlay(img, mask, colours, ignore_index=255, alpha=0.5)
+    for col, k in ((0, 0), (1, 1), (2, 2)):
+        expect = 0.5 * img[:, 0, col] + 0.5 * torch.round(colours[k] * 255) / 255
+        assert torch.allclose(out[:, 0, col], expect, atol=1 / 255)
+    assert torch.all(out[:, :, 3] == 0.5)
+
+
+def test_confusion_image_labels_the_predicted_columns() -> None:
+    import torch
+
+    from vaitrain.tasks import images
+
+    m = torch.tensor([[5.0, 1.0], [0.0, 7.0]])
+    labelled = images.heatmap(m, ["circle", "square"], "t")
+    plain = images.heatmap(m, None, "t")
+    assert labelled.shape[1] > plain.shape[1] + 50  # a band for the column labels
+    band = labelled[:, 16:16 + 60, 70:]  # above the cells, right of the row labels
+    cell = 40
+    for j in range(2):
+        assert float(band[:, :, j * cell:(j + 1) * cell].min()) < 0.3, f"column {j} has no label"
+
+
+def test_gaussian_nll_matches_torch() -> None:
+    """F.gaussian_nll_loss takes a variance (clamped at eps=1e-6); the head works in log-sigma so a
+    large |log sigma| stays finite, so torch's is the check here, not the implementation."""
+    import torch
+    import torch.nn.functional as F
+
+    from vaitrain.tasks.regression import gaussian_nll
+
+    g = torch.Generator().manual_seed(0)
+    mu, y = torch.randn(64, 3, generator=g), torch.randn(64, 3, generator=g)
+    logsig = torch.randn(64, 3, generator=g) * 0.5
+    ours = gaussian_nll(mu, logsig, y)
+    ref = F.gaussian_nll_loss(mu, y, torch.exp(2 * logsig), full=True, reduction="none").sum(-1)
+    assert torch.allclose(ours, ref, atol=1e-5)
+    # below sigma = 1e-3 torch's clamp of the variance changes the density; the head's log-sigma does not
+    tiny = torch.full_like(mu, -10.0)
+    exact = (-10.0 + 0.5 * math.log(2 * math.pi)) * 3
+    assert float(gaussian_nll(mu, tiny, mu)[0]) == pytest.approx(exact, rel=1e-6)
+    clamped = F.gaussian_nll_loss(mu, mu, torch.exp(2 * tiny), full=True, reduction="none").sum(-1)
+    assert float(clamped[0]) > exact + 5

@@ -140,7 +140,7 @@ def train(
         return
     if rank:
         return
-    main_metric = next((k for k in result.metrics if k.startswith("val/") and k != "val/loss"), None)
+    main_metric = result.main_metric if result.main_metric in result.metrics else None
     summary = f"done: {result.run_dir}"
     if main_metric:
         summary += f"  {main_metric}={result.metrics[main_metric]:.4g}"

@@ -178,11 +178,12 @@ def start_summary(cfg: DictConfig, run_dir: Path, *, params: int, data: Any, dev
     steps = len(data.train) // max(1, int(cfg.trainer.grad_accum))
     where = f"{world_size} x {device}" if world_size > 1 else str(device)
     return ("" if resumed else f"run {run_dir}\n") + (
-            f"{cfg.model.name} ({params / 1e6:.2f} M params), {cfg.task.name} on {rundir.data_label(cfg)}: "
+            f"{cfg.model.name} ({params / 1e6:.2f} M params), {cfg.task.name} on {rundir.data_label(cfg).split('-')[0]}: "
             f"{sizes} images at {data.image_size} px; {cfg.trainer.epochs} epochs x {steps} steps of "
             f"{cfg.trainer.batch_size}; {cfg.optim.name}, {where}, {precision}")
 
 
 def _summary(metrics: Mapping[str, float], main_metric: str) -> dict[str, float]:
     keys = [TRAIN_LOSS, "val/loss", f"val/{main_metric}", THROUGHPUT, EPOCH_TIME]
-    return {k.replace(THROUGHPUT, "img/s"): metrics[k] for k in keys if k in metrics}
+    short = {THROUGHPUT: "img/s", EPOCH_TIME: "epoch_time"}
+    return {short.get(k, k): metrics[k] for k in keys if k in metrics}

@@ -44,6 +44,7 @@ class RunResult:
     step: int = 0
     message: str = ""
     signal: int = 0  # the signal that stopped the run, if any
+    main_metric: str = ""  # the task's main metric, e.g. val/miou (what the final line shows)
 
 
 def _setup_process(cfg: DictConfig, ctx: dist.DistContext, device: torch.device) -> None:
@@ -205,7 +206,8 @@ class Trainer:
         if status == "stopped":
             message = (f"stopped after epoch {self.epoch}, step {self.step}; "
                        f"continue with: vaitrain train resume={self.run_dir}")
-        return RunResult(self.run_dir, status, last, self.epoch, self.step, message, self.stop_signum)
+        return RunResult(self.run_dir, status, last, self.epoch, self.step, message, self.stop_signum,
+                         main_metric=f"val/{self.task.main_metric}")
 
     def _validate_ema(self) -> dict[str, float]:
         """The weight average's validation metrics, as val_ema/<name>."""

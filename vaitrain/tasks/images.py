@@ -67,32 +67,32 @@ def captioned(img: Tensor, lines: Sequence[str], colour: tuple[int, int, int] = 
 
 
 def grid(images: Sequence[Tensor], nrow: int = 8, pad: int = 2) -> Tensor:
-    """Tile same-sized (3, H, W) images row by row on a grey background."""
-    imgs = torch.stack(list(images))
-    n, c, h, w = imgs.shape
-    cols = min(nrow, n)
-    rows = (n + cols - 1) // cols
-    out = torch.full((c, rows * (h + pad) + pad, cols * (w + pad) + pad), 0.5)
-    for i in range(n):
-        r, k = divmod(i, cols)
-        top, left = pad + r * (h + pad), pad + k * (w + pad)
-        out[:, top : top + h, left : left + w] = imgs[i]
-    return out
+    """Tile same-sized (3, H, W) images row by row (nrow per row) on a grey background."""
+    from torchvision.utils import make_grid
+
+    return make_grid(torch.stack(list(images)), nrow=nrow, padding=pad, pad_value=0.5)
 
 
 def overlay(img: Tensor, mask: Tensor, colours: Tensor, ignore_index: int | None = None, alpha: float = 0.5) -> Tensor:
-    """Blend a class mask (H, W) over an image (3, H, W); ignored pixels drawn grey."""
+    """Blend a class mask (H, W) over an image (3, H, W) (torchvision's draw_segmentation_masks;
+    colours are rounded to 8 bits); ignored pixels drawn grey."""
+    from torchvision.utils import draw_segmentation_masks
+
     m = mask.long().cpu()
-    valid = torch.ones_like(m, dtype=torch.bool) if ignore_index is None else m != ignore_index
-    colour = colours[m.clamp(0, len(colours) - 1)].permute(2, 0, 1)
-    out = (1 - alpha) * img + alpha * colour
-    return torch.where(valid, out, torch.full_like(out, 0.5))
+    classes = torch.arange(len(colours)).view(-1, 1, 1)
+    masks = m.clamp(0, len(colours) - 1)[None] == classes  # (K, H, W); an ignored pixel is greyed below
+    rgb = [tuple(int(round(255 * float(v))) for v in c) for c in colours]
+    out = draw_segmentation_masks(img.float().clamp(0, 1), masks, alpha=alpha, colors=rgb)
+    if ignore_index is None:
+        return out
+    return torch.where(m != ignore_index, out, torch.full_like(out, 0.5))
 
 
 def heatmap(matrix: Tensor, labels: Sequence[str] | None = None, title: str = "") -> Tensor:
     """Render a square matrix (rows: true class, columns: predicted) row-normalized, white to blue.
 
-    Cells show counts when there are few classes; row labels are drawn when given.
+    Cells show counts when there are few classes; row labels (true) and column labels (predicted,
+    written upwards) are drawn when given.
     """
     m = matrix.detach().double().cpu()
     n = m.shape[0]
@@ -100,13 +100,19 @@ def heatmap(matrix: Tensor, labels: Sequence[str] | None = None, title: str = ""
     cell = max(6, min(40, 480 // max(n, 1)))
     show_text = n <= 20
     margin = 70 if labels is not None and show_text else 4
-    top = 16 if title else 4
+    head = 62 if labels is not None and show_text else 0  # room for the upward column labels
+    top = (16 if title else 4) + head
     size = (margin + n * cell + 4, top + n * cell + 4)
     canvas = Image.new("RGB", size, (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
     if title:
         draw.text((margin, 2), title, fill=(0, 0, 0), font=font)
+    if head:
+        for j in range(n):
+            label = Image.new("RGB", (head - 2, 12), (255, 255, 255))
+            ImageDraw.Draw(label).text((0, 0), str(labels[j])[:10], fill=(0, 0, 0), font=font)  # type: ignore[index]
+            canvas.paste(label.rotate(90, expand=True), (margin + j * cell + max(0, cell // 2 - 6), top - head))
     for i in range(n):
         if labels is not None and show_text:
             draw.text((2, top + i * cell + cell // 2 - 5), str(labels[i])[:10], fill=(0, 0, 0), font=font)

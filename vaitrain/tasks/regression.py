@@ -52,7 +52,9 @@ def log_sigma(s: Tensor, param: str, min_sigma: float) -> Tensor:
 
 
 def gaussian_nll(mu: Tensor, logsig: Tensor, y: Tensor) -> Tensor:
-    """Per-sample -log N(y | mu, diag(exp(logsig)^2)), (N,) for (N, D) inputs."""
+    """Per-sample -log N(y | mu, diag(exp(logsig)^2)), (N,) for (N, D) inputs. Not
+    F.gaussian_nll_loss: that takes a variance and clamps it at 1e-6, which changes the density
+    below sigma = 1e-3 (task.min_sigma may be lower); this stays in log-sigma (tests/test_user_feedback.py compares the two)."""
     z = (y - mu) * torch.exp(-logsig)
     return (logsig + 0.5 * z * z + 0.5 * LOG_2PI).sum(-1)
 
