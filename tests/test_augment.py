@@ -259,3 +259,19 @@ def test_bench_rows_name_the_augmentation():
     assert label("data.augment=false", "data.mixup=0.2") == "none"
     assert label("task=regression", "data.augment=trivial", "data.erasing=0.25") == "trivial+erase0.25"
     assert label("task=segmentation", "data.crop=16", "data.rotate=true", "data.crop_padding=0") == "crop16+flip+rot90"
+
+
+def test_streaming_and_device_loaders_give_the_same_augmented_batches():
+    from vaitrain.data.loader import StreamLoader, TensorDataset
+
+    split = coord_images(24, 20)
+    spec = A.AugmentSpec(crop=12, pad=0, flip=True, vflip=True, rotate=True, trivial=True, jitter=0.3, hue=0.05,
+                         erasing=0.5)
+    t = Transform(task="segmentation", mean=torch.zeros(3), std=torch.ones(3), augment=True, spec=spec)
+    kw = dict(train=True, batch_size=8, seed=5, rank=0, world_size=1, device=CPU)
+    dev, st = DeviceLoader(split, t, **kw), StreamLoader(TensorDataset(split), t, num_workers=0, **kw)
+    for epoch in (0, 3):
+        dev.set_epoch(epoch)
+        st.set_epoch(epoch)
+        for (xa, ya), (xb, yb) in zip(dev, st):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)

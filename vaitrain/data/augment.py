@@ -247,18 +247,21 @@ def window(x: torch.Tensor, p: Params, pad: int, s: int, fill: int) -> torch.Ten
 def photometric(x: torch.Tensor, y: torch.Tensor | None, p: Params, spec: AugmentSpec, groups: list | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """TrivialAugmentWide, then colour jitter, on uint8 images. `groups`: per op, the batch rows
-    that drew it (a device index tensor) or None, computed on the host (no device sync)."""
+    that drew it (device index tensor) or None (see trivial_groups)."""
     if spec.trivial and groups is not None:
         x, y = trivial_augment(x, y, p.t["mag"], groups, spec.ignore_index)
     if "jitter" in p.t:
-        x = color_jitter(x, p.t["jitter"], p.t["hue"])
+        x = color_jitter(x, p.t["jitter"], p.t["hue"] if spec.hue > 0 else None)
     return x, y
 
 
-def trivial_groups(op: torch.Tensor, device: torch.device) -> list[torch.Tensor | None]:
-    """From the host's op per row: the rows of each op, moved to the device (None when empty)."""
-    return [(rows.to(device, non_blocking=True) if len(rows) else None)
-            for rows in (torch.nonzero(op == k).flatten() for k in range(len(TRIVIAL_OPS)))]
+def trivial_groups(op: torch.Tensor) -> tuple[torch.Tensor, list[list[int]]]:
+    """From the host's op per (batch, row): each batch's rows sorted by op, and per batch the
+    number of rows of each op — so the device gets one index tensor per epoch and each op's rows
+    are a slice of it (no device sync to find them)."""
+    order = torch.argsort(op, dim=-1, stable=True)
+    counts = [torch.bincount(row, minlength=len(TRIVIAL_OPS)).tolist() for row in op.view(-1, op.shape[-1])]
+    return order, counts
 
 
 def trivial_augment(x: torch.Tensor, y: torch.Tensor | None, mag: torch.Tensor, groups: list,
@@ -413,12 +416,12 @@ def _color_op(name: str, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     raise AssertionError(name)
 
 
-def color_jitter(x: torch.Tensor, factors: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Brightness, contrast, saturation (factors[:, 0..2]) and hue shift, each per sample."""
+def color_jitter(x: torch.Tensor, factors: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
+    """Brightness, contrast, saturation (factors[:, 0..2]) and hue shift (None: none), per sample."""
     x = brightness(x, factors[:, 0])
     x = contrast(x, factors[:, 1])
     x = saturation(x, factors[:, 2])
-    return hue(x, shift) if bool((shift != 0).any()) else x
+    return hue(x, shift) if shift is not None else x
 
 
 def erase(x: torch.Tensor, on: torch.Tensor, box: torch.Tensor) -> torch.Tensor:

@@ -133,8 +133,11 @@ class _Loader:
         if aug is None:
             return [None] * self.num_batches
         on_device = aug.to(self.device)
-        trivial = "op" in aug.t
-        return [(on_device[i], trivial_groups(aug.t["op"][i], self.device) if trivial else None)
+        if "op" not in aug.t:
+            return [(on_device[i], None) for i in range(self.num_batches)]
+        order, counts = trivial_groups(aug.t["op"])
+        order = order.to(self.device, non_blocking=True)  # one copy per epoch; the groups are views
+        return [(on_device[i], [rows if len(rows) else None for rows in order[i].split(counts[i])])
                 for i in range(self.num_batches)]
 
     def _val_plan(self) -> list[slice]:
