@@ -184,6 +184,6 @@ def start_summary(cfg: DictConfig, run_dir: Path, *, params: int, data: Any, dev
 
 
 def _summary(metrics: Mapping[str, float], main_metric: str) -> dict[str, float]:
-    keys = [TRAIN_LOSS, "val/loss", f"val/{main_metric}", THROUGHPUT, EPOCH_TIME]
+    keys = [TRAIN_LOSS, "val/loss", f"val/{main_metric}", f"val_ema/{main_metric}", THROUGHPUT, EPOCH_TIME]
     short = {THROUGHPUT: "img/s", EPOCH_TIME: "epoch_time"}
     return {short.get(k, k): metrics[k] for k in keys if k in metrics}
