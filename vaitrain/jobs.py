@@ -8,7 +8,7 @@ started as `python -m vaitrain.jobs SPEC RESULT`, or a submitit job) and returns
 - local: each child gets its own GPU (CUDA_VISIBLE_DEVICES, round robin over the visible ones) or,
   on the CPU, `cores / N` threads (trainer.threads, unless the job sets it). A child that crashes or
   is killed is recorded as failed (with its run directory, so it can be resumed) and the rest go on.
-- slurm: submitit's AutoExecutor, logs under <folder>/slurm/; where `sbatch` is absent submitit
+- slurm: submitit's AutoExecutor, logs under <folder>/logs/slurm/<job id>/; where `sbatch` is absent submitit
   runs the same job path locally (its LocalExecutor), which is how the tests run it.
 
 Ctrl-C / SIGTERM: no job starts after it; the running ones get SIGTERM (the loop's own stop
@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator
 from vaitrain.errors import ConfigError
 
 POLL_SECONDS = 0.2
+LOGS_DIR = "logs"  # in the sweep/search folder: each job's output, spec and result (SLURM's under slurm/)
 
 
 @dataclass
@@ -47,16 +48,18 @@ def missing_extra(module: str) -> ConfigError:
 
 
 # ----- inside the job's process -------------------------------------------------------------------
-def run_job(spec: JobSpec | dict[str, Any]) -> dict[str, Any]:
-    """Compose the job's config and train it; the outcome as a JSON-able dict (never raises for a
-    failed run: a crash is an outcome too)."""
+def run_job(spec: JobSpec | dict[str, Any], train_fn: Callable[..., Any] | None = None) -> dict[str, Any]:
+    """Compose the job's config and train it (with `train_fn`, default vaitrain.engine.train); the
+    outcome as a JSON-able dict (never raises for a failed run: a crash is an outcome too)."""
     if isinstance(spec, dict):
         spec = JobSpec(**spec)
     os.environ.update(spec.env)
     outcome: dict[str, Any] = {"status": "failed", "run_dir": None, "metrics": {}, "error": None, "signal": 0}
     try:
         from vaitrain.config import compose
-        from vaitrain.engine import train
+
+        if train_fn is None:
+            from vaitrain.engine import train as train_fn
 
         cfg = compose(spec.overrides)
         on_epoch = None
@@ -64,7 +67,7 @@ def run_job(spec: JobSpec | dict[str, Any]) -> dict[str, Any]:
             from vaitrain.search import trial_reporter
 
             on_epoch = trial_reporter(spec.trial, cfg)
-        run = train(cfg, spec.overrides, out_dir=Path(spec.out_dir), dated=False, name=spec.name, on_epoch=on_epoch)
+        run = train_fn(cfg, spec.overrides, out_dir=Path(spec.out_dir), dated=False, name=spec.name, on_epoch=on_epoch)
         outcome.update(status=run.status, run_dir=str(run.run_dir), metrics=dict(run.metrics),
                        signal=int(run.signal))
     except KeyboardInterrupt:
@@ -182,7 +185,7 @@ class LocalLauncher:
     def start(self, spec: JobSpec, key: Any) -> Running:
         slot = next(i for i in range(self.parallel) if i not in self._slots)
         spec = place(spec, slot, self.parallel, self.gpus)
-        work = self.folder / ".jobs"
+        work = self.folder / LOGS_DIR
         work.mkdir(exist_ok=True)
         spec_file, result_file = work / f"{spec.name}.spec.json", work / f"{spec.name}.result.json"
         result_file.unlink(missing_ok=True)
@@ -225,7 +228,7 @@ class SlurmLauncher:
         cluster = None if shutil.which("sbatch") else "local"
         if cluster and progress:
             progress("no sbatch on this machine: submitit runs the jobs here (its local executor)")
-        self.executor = submitit.AutoExecutor(folder=str(folder / "slurm" / "%j"), cluster=cluster)
+        self.executor = submitit.AutoExecutor(folder=str(folder / LOGS_DIR / "slurm" / "%j"), cluster=cluster)
         params: dict[str, Any] = {"timeout_min": int(slurm.timeout_min), "gpus_per_node": int(slurm.gpus_per_job),
                                   "cpus_per_task": int(slurm.cpus_per_job), "name": "vaitrain"}
         if slurm.mem_gb:
@@ -293,7 +296,10 @@ def run_jobs(
             time.sleep(POLL_SECONDS)
             for r in [r for r in running if launcher.done(r)]:
                 running.remove(r)
-                on_done(r.key, launcher.outcome(r))
+                outcome = launcher.outcome(r)
+                if outcome.get("signal"):  # a job stopped by Ctrl-C/SIGTERM (the in-process one): stop all
+                    stop.signum = stop.signum or int(outcome["signal"])
+                on_done(r.key, outcome)
     return stop.signum
 
 

@@ -45,7 +45,12 @@ def _optuna() -> Any:
         import optuna
     except ImportError:
         raise missing_extra("optuna") from None
+    import warnings
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # heartbeats (used here with ask/tell, as Optuna's own optimize() does) are marked experimental
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     return optuna
 
 
@@ -66,7 +71,9 @@ def parse_space(overrides: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
             lo, hi, log = value.start, value.end, "log" in value.tags
             if not lo < hi or (log and lo <= 0):
                 raise ConfigError(f"{ov.input_line}: the range needs low < high{' and low > 0 for log' if log else ''}")
-            if isinstance(lo, int) and isinstance(hi, int):
+            ends = re.search(r"interval\(\s*([^,]+?)\s*,\s*([^)]+?)\s*\)", ov.input_line or "")
+            if "int" in value.tags or (ends and all(re.fullmatch(r"-?\d+", e) for e in ends.groups())):
+                lo, hi = int(lo), int(hi)  # Hydra parses interval ends as floats; written as integers
                 space[key] = dist.IntDistribution(lo, hi, log=log)
             else:
                 space[key] = dist.FloatDistribution(float(lo), float(hi), log=log)
@@ -173,11 +180,14 @@ def trial_reporter(info: dict[str, Any], cfg: DictConfig) -> Callable[[int, dict
     study = optuna.load_study(study_name=info["study"], storage=info["storage"], pruner=make_pruner(cfg.search))
     trial = optuna.trial.Trial(study, int(info["trial_id"]))
     metric = info["metric"]
-    if cfg.resume:  # a resumed trial: the epochs it ran before count for the pruner too
-        for epoch, value in _recorded_epochs(Path(str(cfg.resume)), metric):
-            trial.report(value, epoch)
+    earlier = [bool(cfg.resume)]
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> str | None:
+        if earlier[0]:  # a resumed trial: the epochs its run recorded before count for the pruner too
+            earlier[0] = False
+            for done, value in _recorded_epochs(Path(str(cfg.resume)), metric):
+                if done < epoch:
+                    trial.report(value, done)
         value = metrics.get(metric)
         if value is None or not math.isfinite(float(value)):
             return None
@@ -268,10 +278,13 @@ class _InProcess:
 
     parallel = 1
 
+    def __init__(self, train_fn: Callable[..., Any] | None) -> None:
+        self.train_fn = train_fn
+
     def start(self, spec: JobSpec, key: Any) -> Any:
         from vaitrain.jobs import Running
 
-        return Running(spec, key, run_job(spec))
+        return Running(spec, key, run_job(spec, self.train_fn))
 
     def done(self, r: Any) -> bool:
         return True
@@ -302,8 +315,10 @@ def _open_search(overrides: Sequence[str]) -> tuple[Path, list[str], bool]:
     return folder, [*doc["overrides"], *extra], True
 
 
-def run_search(overrides: Sequence[str], *, progress: Progress | None = None) -> SearchResult:
-    """Run (or continue) a study until it holds search.trials finished trials."""
+def run_search(overrides: Sequence[str], *, progress: Progress | None = None,
+               train_fn: Callable[..., Any] | None = None) -> SearchResult:
+    """Run (or continue) a study until it holds search.trials finished trials. `train_fn` (default
+    vaitrain.engine.train, with its on_epoch hook) trains the trials run in this process."""
     optuna = _optuna()
     folder, overrides, resuming = _open_search(overrides)
     fixed, space, base = plan(overrides)
@@ -323,17 +338,13 @@ def run_search(overrides: Sequence[str], *, progress: Progress | None = None) ->
             "overrides": list(overrides), "storage": url, "study": study_name, "metric": metric,
             "direction": direction, "started": _dt.datetime.now().isoformat(timespec="seconds")}, indent=2) + "\n")
     beat = int(settings.heartbeat)
-    try:
-        storage = optuna.storages.RDBStorage(url, heartbeat_interval=beat, grace_period=2 * beat,
-                                             heartbeat_stale_trial_callback=_retry_stale)
-    except Exception as err:
-        raise ConfigError(f"search.storage={url}: cannot open it ({' '.join(str(err).split())[:160]})") from None
+    storage = _open_storage(optuna, url, beat)
     shared = bool(str(settings.storage))
     study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True, direction=direction,
                                 sampler=make_sampler(settings, int(settings.seed)), pruner=make_pruner(settings))
     result = SearchResult(folder, url, study_name, metric, direction)
     in_process = int(settings.parallel) == 1 and str(settings.launcher) == "local"
-    launcher = _InProcess() if in_process else make_launcher(
+    launcher = _InProcess(train_fn) if in_process else make_launcher(
         settings, folder, str(base.trainer.device) != "cpu", progress)
     heart = _Heartbeat(storage, beat)
     target, failures = int(settings.trials), [0]
@@ -347,8 +358,7 @@ def run_search(overrides: Sequence[str], *, progress: Progress | None = None) ->
         if finished + running >= target or failures[0] >= max(3, target):
             return None
         # each trial its own seed (reproducible; distinct across processes sharing a study)
-        seed = int(settings.seed) * 1_000_003 + len(trials) + (_process_salt() if shared else 0)
-        study.sampler = make_sampler(settings, seed)
+        study.sampler = make_sampler(settings, _trial_seed(int(settings.seed), len(trials), shared))
         trial = study.ask(space)
         resume = trial.user_attrs.get("resume")
         name = f"trial{trial.number:04d}"
@@ -405,10 +415,32 @@ def run_search(overrides: Sequence[str], *, progress: Progress | None = None) ->
     return result
 
 
-def _process_salt() -> int:
+def _open_storage(optuna: Any, url: str, beat: int) -> Any:
+    """Optuna's RDB storage with heartbeats. Two processes creating one new database at once can
+    race on its tables ("table ... already exists", "database is locked"): the loser retries."""
+    import time
+
+    for attempt in range(6):
+        try:
+            return optuna.storages.RDBStorage(url, heartbeat_interval=beat, grace_period=2 * beat,
+                                              heartbeat_stale_trial_callback=_retry_stale)
+        except Exception as err:
+            text = " ".join(str(err).split())
+            if attempt < 5 and ("already exists" in text or "locked" in text):
+                time.sleep(0.3 * (attempt + 1))
+                continue
+            raise ConfigError(f"search.storage={url}: cannot open it ({text[:160]})") from None
+
+
+def _trial_seed(seed: int, n_trials: int, shared: bool) -> int:
+    """A well-mixed seed per trial (consecutive seeds give correlated first draws); in a shared
+    study each process adds its pid so two drivers asking at once draw differently."""
     import os
 
-    return os.getpid() * 7919
+    import numpy as np
+
+    parts = [seed, n_trials] + ([os.getpid()] if shared else [])
+    return int(np.random.SeedSequence(parts).generate_state(1)[0])
 
 
 def _rows(study: Any, direction: str) -> list[dict[str, Any]]:

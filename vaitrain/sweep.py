@@ -37,6 +37,8 @@ class SweepJob:
     run_dir: str | None = None  # relative to the sweep directory
     error: str | None = None
     seconds: float | None = None
+    started_at: float | None = None  # wall-clock (time.time()) of its start and end: overlaps show
+    ended_at: float | None = None
 
 
 @dataclass
@@ -179,7 +181,7 @@ def run_sweep(
         pending = list(result.jobs)
         started = _dt.datetime.now().isoformat(timespec="seconds")
     for job in pending:
-        job.status, job.error, job.seconds = "pending", None, None
+        job.status, job.error, job.seconds, job.started_at, job.ended_at = "pending", None, None, None, None
     _write(result, started)
     if not pending:
         return result
@@ -212,7 +214,7 @@ def _run_in_process(result: SweepResult, started: str, work: list[tuple[SweepJob
     sweep_dir = result.sweep_dir
     for job, (job_overrides, cfg) in work:
         tag, name = _tag(job, cfg)
-        job.status = "running"
+        job.status, job.started_at = "running", time.time()
         _write(result, started)
         _announce(result, job, progress)
         t0 = time.perf_counter()
@@ -231,7 +233,7 @@ def _run_in_process(result: SweepResult, started: str, work: list[tuple[SweepJob
             job.run_dir = _relative(getattr(run, "run_dir", None), sweep_dir) or _found(sweep_dir, tag)
             if getattr(run, "signal", 0):  # Ctrl-C/SIGTERM stopped this job: stop the sweep too
                 _stop_after(result, job)
-        job.seconds = round(time.perf_counter() - t0, 3)
+        job.seconds, job.ended_at = round(time.perf_counter() - t0, 3), time.time()
         _write(result, started)
         if progress and job.status == "failed":
             progress(f"sweep job {job.index + 1}/{len(result.jobs)} failed: {job.error}")
@@ -263,7 +265,7 @@ def _run_in_processes(result: SweepResult, started: str, work: list[tuple[SweepJ
         return job, JobSpec(list(job_overrides), str(sweep_dir), name)
 
     def on_start(job: SweepJob, _running: object) -> None:
-        job.status = "running"
+        job.status, job.started_at = "running", time.time()
         t0[job.index] = time.perf_counter()
         _write(result, started)
         _announce(result, job, progress)
@@ -272,7 +274,7 @@ def _run_in_processes(result: SweepResult, started: str, work: list[tuple[SweepJ
         job.status = str(outcome["status"])
         job.error = outcome.get("error") if job.status == "failed" else None
         job.run_dir = _relative(outcome.get("run_dir"), sweep_dir) or job.run_dir
-        job.seconds = round(time.perf_counter() - t0[job.index], 3)
+        job.seconds, job.ended_at = round(time.perf_counter() - t0[job.index], 3), time.time()
         _write(result, started)
         if progress and job.status == "failed":
             progress(f"sweep job {job.index + 1}/{len(result.jobs)} failed: {job.error}")
