@@ -208,3 +208,49 @@ def test_gaussian_nll_matches_torch() -> None:
     assert float(gaussian_nll(mu, tiny, mu)[0]) == pytest.approx(exact, rel=1e-6)
     clamped = F.gaussian_nll_loss(mu, mu, torch.exp(2 * tiny), full=True, reduction="none").sum(-1)
     assert float(clamped[0]) > exact + 5
+
+
+# ----- compare-runs tables that fit the terminal ------------------------------------------------------
+def test_short_run_names_keep_what_tells_runs_apart() -> None:
+    from vaitrain.compare_table import short_run_names
+
+    sweep = ["04-57-33-resnet20-shapes-cls-job00-db43a9", "04-57-37-resnet20-shapes-cls-job01-d1f29b"]
+    assert short_run_names(sweep) == ["job00", "job01"]
+    mixed = ["04-55-07-resnet20-shapes_ambiguous-mdn-26a68e", "04-54-57-unet-shapes-seg-3a07a2"]
+    assert short_run_names(mixed) == ["resnet20-shapes_ambiguous-mdn", "unet-shapes-seg"]  # time and id add nothing
+    same_tag = ["04-55-07-unet-x-aaaaaa", "04-55-09-unet-x-bbbbbb"]
+    assert short_run_names(same_tag) == ["04-55-07-aaaaaa", "04-55-09-bbbbbb"]  # only time and id differ
+    assert short_run_names(["a-x-1", "b-x-2"]) == ["a-1", "b-2"]
+
+
+def _sweep_runs(root, n: int = 4):  # type: ignore[no-untyped-def]
+    from fake_runs import merged, write_run
+
+    return [write_run(root, {"val/acc1": [0.1 * i, 0.2], "val/loss": [2.0, 1.0 + i]}, train_loss=[2.5, 2.0],
+                      config=merged(**{"optim.lr": 0.1 / (i + 1), "optim.weight_decay": 1e-4 * i,
+                                       "model.width_mult": 0.5 + i, "norm.name": ("batch", "group")[i % 2]}),
+                      name=f"job{i:02d}")
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("columns", [80, 120, 200])
+def test_compare_runs_fits_the_terminal(tmp_path, columns: int) -> None:  # type: ignore[no-untyped-def]
+    runs = _sweep_runs(tmp_path)
+    result = CliRunner().invoke(app, ["compare-runs", *map(str, runs)], env={"COLUMNS": str(columns)})
+    assert result.exit_code == 0, result.output
+    lines = result.output.rstrip("\n").splitlines()
+    assert max(map(len, lines)) <= columns
+    for value in ("0.1", "0.05", "0.03333", "batch", "group", "job00", "job03"):  # every run's values are there
+        assert value in result.output, value
+    wide = CliRunner().invoke(app, ["compare-runs", "--wide", *map(str, runs)], env={"COLUMNS": str(columns)})
+    assert max(map(len, wide.output.splitlines())) > 200  # --wide: every column in full
+    assert "val/acc1.best_epoch" in wide.output and "hidden" not in wide.output
+
+
+def test_compare_runs_hides_columns_by_name_when_it_must(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    runs = _sweep_runs(tmp_path, n=16)  # too many runs to turn the table
+    result = CliRunner().invoke(app, ["compare-runs", *map(str, runs)], env={"COLUMNS": "120"})
+    assert result.exit_code == 0
+    assert max(map(len, result.output.splitlines())) <= 120
+    assert re.search(r"\(\d+ columns hidden to fit 120 columns: val/acc1\.best_epoch, .*; --wide shows all\)",
+                     result.output)

@@ -158,7 +158,7 @@ def sweep_main(overrides: list[str]) -> None:
     # the engine (torch) is imported only after every job composed: a typo fails fast
     result = run_sweep(overrides, progress=lambda line: typer.echo(line, err=True))
     if result.run_dirs:
-        typer.echo(render(compare_paths(result.run_dirs).comparison, "table"))
+        typer.echo(render(compare_paths(result.run_dirs).comparison, "table", _terminal_width()))
     failed = result.failed
     typer.echo(f"sweep: {len(result.jobs)} jobs, {len(failed)} failed; {result.sweep_dir / SWEEP_FILE}")
     for job in failed:
@@ -303,6 +303,7 @@ def compare_runs(
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the metrics' curves to FILE.png (needs matplotlib: the \\[plot] extra)."),
     serve: bool = typer.Option(False, "--serve", help="Then start TensorBoard on the runs (Ctrl-C stops it)."),
     port: int = typer.Option(6006, "--port", help="--serve: first port to try."),
+    wide: bool = typer.Option(False, "--wide", help="Every column in full, however wide (default: fit the terminal)."),
 ) -> None:
     """Runs side by side: the config keys that differ, best/final metrics, wall time, img/s, params."""
     from vaitrain import compare as cmp
@@ -310,7 +311,7 @@ def compare_runs(
     result = cmp.compare_paths(paths, list(metric or []), sort)
     for line in result.warnings:
         typer.echo(f"warning: {line}", err=True)
-    typer.echo(cmp.render(result.comparison, fmt))
+    typer.echo(cmp.render(result.comparison, fmt, None if wide else _terminal_width()))
     if plot is not None:
         from vaitrain.compare_plot import plot_runs
 
@@ -326,6 +327,13 @@ def compare_runs(
             proc.wait()
         finally:
             proc.terminate()
+
+
+def _terminal_width() -> int:
+    """The terminal's columns ($COLUMNS first; 80 when there is no terminal)."""
+    import shutil
+
+    return shutil.get_terminal_size((80, 24)).columns
 
 
 def main() -> None:

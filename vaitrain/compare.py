@@ -223,8 +223,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def render(comp: Comparison, fmt: str = "table") -> str:
-    """The comparison as text: table (rich, no colour), markdown, csv or json."""
+def render(comp: Comparison, fmt: str = "table", width: int | None = None) -> str:
+    """The comparison as text: table (rich, no colour), markdown, csv or json. A table is fitted
+    to `width` columns (compare_table.py); None: every column in full (--wide)."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt} is not a valid choice; choose one of: {', '.join(FORMATS)}")
     cols = comp.columns
@@ -246,19 +247,10 @@ def render(comp: Comparison, fmt: str = "table") -> str:
                  "|" + "|".join("---:" if r else "---" for r in right) + "|"]
         lines += ["| " + " | ".join(x.replace("|", "\\|") for x in row) + " |" for row in cells]
         return "\n".join(lines)
-    from rich.console import Console
-    from rich.table import Table
+    from vaitrain.compare_table import render_table
 
-    table = Table(show_edge=False, header_style="bold")
-    for c in cols:
-        numeric = c not in ("run", "status") and c not in comp.config_keys
-        table.add_column(c, justify="right" if numeric else "left", no_wrap=True)
-    for row in cells:
-        table.add_row(*row)
-    buf = io.StringIO()
-    width = sum(max(len(c), *(len(r[i]) for r in cells)) + 3 for i, c in enumerate(cols)) if cells else 80
-    Console(file=buf, width=max(width, 40), color_system=None, highlight=False).print(table)
-    return buf.getvalue().rstrip("\n")
+    right = [c not in ("run", "status") and c not in comp.config_keys for c in cols]
+    return render_table(cols, cells, right, width)
 
 
 # ----------------------------------------------------------------------------- TensorBoard
