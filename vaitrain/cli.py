@@ -200,18 +200,23 @@ def eval_(
     run_dir: Path = typer.Argument(..., help="A run directory (runs/<date>/<run>)."),
     checkpoint: str = typer.Option("best", help="best, last, or a path to a .pt file."),
     overrides: Optional[List[str]] = typer.Argument(None, help="Overrides, e.g. trainer.device=cpu."),
-    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics (and the per-class table) as JSON."),
+    split: str = typer.Option("val", "--split", help="val (the split that chose best.pt) or test (held out)."),
 ) -> None:
-    """Metrics of a run's checkpoint on its validation split."""
+    """Metrics of a run's checkpoint on its validation or test split, with per-class scores."""
     from vaitrain.engine import evaluate_run
 
-    result = evaluate_run(run_dir, checkpoint, list(overrides or []))
+    result = evaluate_run(run_dir, checkpoint, list(overrides or []), split=split)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
     rows = [[k, v] for k, v in result["metrics"].items()]
-    console.print(_table(f"{result['checkpoint']} (epoch {result['epoch']}, step {result['step']})",
-                         ["metric", "value"], rows))
+    typer.echo(result["checkpoint"])
+    console.print(_table(f"{split} split (epoch {result['epoch']}, step {result['step']})", ["metric", "value"], rows))
+    if result["per_class"]:
+        columns = [k for k in result["per_class"][0] if k != "index"]
+        console.print(_table(f"per class ({split})", columns,
+                             [["-" if row[k] is None else row[k] for k in columns] for row in result["per_class"]]))
 
 
 @app.command()
@@ -327,6 +332,65 @@ def compare_runs(
             proc.wait()
         finally:
             proc.terminate()
+
+
+def _terminal_width() -> int:
+    """The terminal's columns ($COLUMNS first; 80 when there is no terminal)."""
+    import shutil
+
+    return shutil.get_terminal_size((80, 24)).columns
+
+
+@app.command()
+@one_line_errors
+def predict(
+    run_dir: Path = typer.Argument(..., help="A run directory (runs/<date>/<run>)."),
+    paths: List[str] = typer.Argument(..., help="Image files, folders (searched recursively) or quoted globs."),
+    out: Optional[Path] = typer.Option(None, "--out", help="FILE.csv or FILE.json (segmentation: a folder for the "
+                                       "PNG masks); default: CSV on stdout."),
+    checkpoint: str = typer.Option("best", help="best, last, or a path to a .pt file."),
+    topk: int = typer.Option(5, "--topk", help="Classification: classes per image, most probable first."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
+    overlay: bool = typer.Option(False, "--overlay", help="Segmentation: also <name>.overlay.png (mask over image)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda ... (default: the run's trainer.device)."),
+) -> None:
+    """A trained model on new image files, with the run's own preprocessing and normalization."""
+    from vaitrain.predict import format_rows, predict as run_predict, summary_lines
+    from vaitrain.track.progress import for_stderr
+
+    result = run_predict(run_dir, paths, checkpoint=checkpoint, out=out, topk=topk, batch_size=batch_size,
+                         overlay=overlay, device=device, progress=for_stderr())
+    for line in result.errors:
+        typer.echo(f"skipped {line}", err=True)
+    if not result.rows:
+        fail(f"none of the {result.total} files could be read; nothing written")
+    if out is None:
+        typer.echo(format_rows(result.rows, "csv"), nl=False)
+    for line in summary_lines(result):
+        typer.echo(line + (f"; wrote {out}" if out is not None else ""), err=True)
+
+
+@app.command()
+@one_line_errors
+def export(
+    run_dir: Path = typer.Argument(..., help="A run directory (runs/<date>/<run>)."),
+    fmt: str = typer.Option(..., "--format", help="onnx or torchscript."),
+    out: Path = typer.Option(..., "--out", help="The file to write (model.onnx, model.pt); FILE.json describes it."),
+    checkpoint: str = typer.Option("best", help="best, last, or a path to a .pt file."),
+    include_normalization: bool = typer.Option(
+        True, "--include-normalization/--no-include-normalization",
+        help="Bake the mean/std in (input x/255 in [0, 1]); without: input normalized as FILE.json says."),
+) -> None:
+    """Export a trained model (eval mode, dynamic batch) and check the file against PyTorch."""
+    from vaitrain.export import export_run
+
+    r = export_run(run_dir, fmt, out, checkpoint=checkpoint, include_normalization=include_normalization)
+    typer.echo(f"wrote {r.path} ({r.format}, input batch x {' x '.join(map(str, r.input_shape))}) and {r.sidecar}")
+    if r.checked_with:
+        typer.echo(f"checked with {r.checked_with}: max abs diff {r.max_abs_diff:.3g} vs PyTorch "
+                   f"(export {r.export_seconds:.2f} s)")
+    else:
+        typer.echo("not run: onnxruntime is not installed (pip install 'vaitrain[export]' to check the file)", err=True)
 
 
 def _terminal_width() -> int:

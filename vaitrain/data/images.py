@@ -149,6 +149,12 @@ def load_image(path: Path, mode: str, size: int, fit: Fit = SQUASH) -> torch.Ten
         return _to_tensor(im, mode, size, fit)
 
 
+def load_image_sized(path: Path, mode: str, size: int, fit: Fit = SQUASH) -> tuple[torch.Tensor, tuple[int, int]]:
+    """load_image and the file's own (H, W), from one decode."""
+    with _open(path) as im:
+        return _to_tensor(im, mode, size, fit), (im.size[1], im.size[0])
+
+
 def load_mask(path: Path, size: int, image_hw: tuple[int, int] | None = None, image_path: Path | None = None,
               fit: Fit = SQUASH) -> torch.Tensor:
     """uint8 (H,W) class indices of a mask PNG (grayscale or palette), resized by nearest neighbour

@@ -35,7 +35,7 @@ SHAPES = ("circle", "square", "triangle", "cross", "ring", "diamond")
 TARGET_NAMES = ["x", "y", "size"]
 
 _CHUNK = 1024  # scenes per vectorized chunk: few ops, working set still in cache
-_SPLIT_STREAM = {"train": 1, "val": 2}
+_SPLIT_STREAM = {"train": 1, "val": 2, "test": 3}  # test: data.num_val scenes of a third stream
 _SQRT3 = math.sqrt(3.0)
 
 
@@ -239,4 +239,5 @@ def build_shapes(cfg: Any, task: str) -> Source:
         target_dim=3 if task == "regression" else 0,
         class_names=(["background"] + names if seg else names) if task != "regression" else [],
         target_names=list(TARGET_NAMES) if task == "regression" else [],
+        test=lambda: _split(cfg, task, "test", int(cfg.num_val), size),
     )

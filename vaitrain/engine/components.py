@@ -36,8 +36,10 @@ def build_components(
     rank: int = 0,
     world_size: int = 1,
     start: bool = False,
+    test: bool = False,
 ) -> Components:
-    """start=True (a new training run): load model.weights / init_from into the built model."""
+    """start=True (a new training run): load model.weights / init_from into the built model.
+    test=True: also the data's test split (data.test)."""
     data = build_data(
         cfg.data,
         cfg.task.name,
@@ -49,6 +51,7 @@ def build_components(
         rank=rank,
         world_size=world_size,
         ignore_index=int(cfg.task.ignore_index),
+        test=test,
     )
     task = build_task(cfg.task, data)
     net = build_model(

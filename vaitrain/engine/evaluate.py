@@ -11,7 +11,7 @@ from vaitrain.config import compose
 from vaitrain.engine.checkpoint import check_compatible, check_task, load_checkpoint
 from vaitrain.engine.components import build_components
 from vaitrain.engine.device import autocast, resolve_device, resolve_precision
-from vaitrain.errors import CheckpointError, RunDirError
+from vaitrain.errors import CheckpointError, ConfigError, RunDirError
 from vaitrain.track import rundir
 from vaitrain.track.runs import saved_overrides
 
@@ -70,8 +70,15 @@ def load_run_config(run_dir: Path, extra: list[str] = ()) -> tuple[DictConfig, l
     return compose(overrides), overrides
 
 
-def evaluate_run(run_dir: Path, checkpoint: str = "best", overrides: list[str] = ()) -> dict[str, Any]:
-    """Metrics of a run's checkpoint on its validation split, with the normalization it trained with."""
+SPLITS = ("val", "test")
+
+
+def evaluate_run(run_dir: Path, checkpoint: str = "best", overrides: list[str] = (),
+                 split: str = "val") -> dict[str, Any]:
+    """Metrics of a run's checkpoint on its validation (or test) split, with the normalization it
+    trained with; `per_class` holds per-class accuracy (classification) or IoU/Dice (segmentation)."""
+    if split not in SPLITS:
+        raise ConfigError(f"--split {split} is not a split; choose one of: {', '.join(SPLITS)}")
     cfg, _ = load_run_config(run_dir, list(overrides))
     path = resolve_checkpoint(run_dir, checkpoint)
     if checkpoint == "best" and not path.is_file():
@@ -80,23 +87,34 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", overrides: list[str] =
     check_task(path, state, cfg.task.name)
     device = resolve_device(cfg.trainer.device)
     precision = resolve_precision(cfg.trainer.precision, device)
-    c = build_components(cfg, device, stats=state.get("data_stats"))
+    c = build_components(cfg, device, stats=state.get("data_stats"), test=split == "test")
     check_compatible(path, state, c.model, cfg.model.name, cfg.task.name)
     c.model.load_state_dict(state["model"])
     if cfg.trainer.channels_last:
         c.model.to(memory_format=torch.channels_last)
-    metrics, _ = evaluate_model(c.model, c.data.val, c.task, precision, device, bool(cfg.trainer.channels_last))
-    found = {f"val/{k}": v for k, v in metrics.items()}
+    loader = c.data.test if split == "test" else c.data.val
+    metrics, meter = evaluate_model(c.model, loader, c.task, precision, device, bool(cfg.trainer.channels_last))
+    found = {f"{split}/{k}": v for k, v in metrics.items()}
+    per_class = per_class_of(c.task, meter)
     if "ema" in state:  # trainer.ema: the weight average too (best.pt was chosen on it)
         from vaitrain.engine.ema import ema_weights
 
         c.model.load_state_dict(ema_weights(state["ema"]))
-        averaged, _ = evaluate_model(c.model, c.data.val, c.task, precision, device, bool(cfg.trainer.channels_last))
-        found.update({f"val_ema/{k}": v for k, v in averaged.items()})
+        averaged, meter = evaluate_model(c.model, loader, c.task, precision, device, bool(cfg.trainer.channels_last))
+        found.update({f"{split}_ema/{k}": v for k, v in averaged.items()})
+        per_class = per_class_of(c.task, meter)
     return {
         "checkpoint": str(path),
+        "split": split,
         "epoch": int(state.get("epoch", 0)),
         "step": int(state.get("step", 0)),
         "metrics": found,
-        "main_metric": f"{'val_ema' if 'ema' in state else 'val'}/{c.task.main_metric}",
+        "main_metric": f"{split}{'_ema' if 'ema' in state else ''}/{c.task.main_metric}",
+        "per_class": per_class,
     }
+
+
+def per_class_of(task: Any, meter: Any) -> list[dict[str, Any]]:
+    """The task's per-class table (classification, segmentation); empty for regression."""
+    fn = getattr(task, "per_class", None)
+    return fn(meter) if fn is not None else []

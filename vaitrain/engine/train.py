@@ -18,14 +18,16 @@ from omegaconf import DictConfig
 
 from vaitrain.config import to_yaml
 from vaitrain.engine import dist
-from vaitrain.engine.checkpoint import check_compatible
+from vaitrain.engine.checkpoint import check_compatible, load_checkpoint
 from vaitrain.engine.checkpointing import BEST, LAST, RunStore, StopFlag
 from vaitrain.engine.components import build_components
 from vaitrain.engine.ema import WeightEMA
 from vaitrain.engine.device import resolve_device, resolve_precision, rng_state, seed_everything, set_rng_state
-from vaitrain.engine.evaluate import run_validation
+from vaitrain.engine.evaluate import evaluate_model, run_validation
 from vaitrain.engine.layer_stats import LayerStats
 from vaitrain.engine.records import EPOCH_TIME, LR, THROUGHPUT, TRAIN_LOSS, Records, start_summary
+from vaitrain.data.info import describe
+from vaitrain.engine.start import write_start_record
 from vaitrain.engine.step import MIN_LOSS_SCALE, OptimizerStep, check_finite, mean_over_ranks
 from vaitrain.track import rundir
 
@@ -75,7 +77,9 @@ class Trainer:
         self.resume_state = self.store.resume_state(cfg.task.name) if cfg.resume else None
         stats = self.resume_state.get("data_stats") if self.resume_state else None
         self.parts = build_components(cfg, self.device, stats=stats, rank=self.ctx.rank,
-                                      world_size=self.ctx.world_size)
+                                      world_size=self.ctx.world_size, start=self.resume_state is None,
+                                      test=bool(cfg.trainer.test_at_end))
+        self.data_info = describe(self.parts.data, cfg.data)
         self.model = self.parts.model
         self.task = self.parts.task
         if self.resume_state is not None:
@@ -107,6 +111,9 @@ class Trainer:
             self._restore(self.resume_state)
         self.records = Records(cfg, self.run_dir, main=self.ctx.is_main,
                                elapsed=float((self.resume_state or {}).get("elapsed", 0.0)), overrides=overrides)
+        if self.parts.start is not None and self.ctx.is_main:
+            self.records.progress.line(self.parts.start.message())
+            write_start_record(self.run_dir, self.parts.start, cfg, self.parts.data.stats)
 
     # ----- checkpoints -------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -122,6 +129,7 @@ class Trainer:
             "step": self.step,
             "best": dict(self.best),
             "data_stats": {k: v.detach().cpu() for k, v in self.parts.data.stats.items()},
+            "data_info": self.data_info,  # what predict/export need without the data: sizes, names
             "config_yaml": self.config_yaml,
             "elapsed": self.records.elapsed(),
         }
@@ -191,6 +199,8 @@ class Trainer:
                     if stop_after and run_epochs >= stop_after and self.epoch < epochs:
                         status = "stopped"
                         break
+                if status == "completed" and self.epoch >= epochs and self.cfg.trainer.test_at_end:
+                    last = {**last, **self._test_best()}
         except KeyboardInterrupt:
             status = "stopped"
             raise
@@ -208,6 +218,22 @@ class Trainer:
                        f"continue with: vaitrain train resume={self.run_dir}")
         return RunResult(self.run_dir, status, last, self.epoch, self.step, message, self.stop_signum,
                          main_metric=f"val/{self.task.main_metric}")
+
+    def _test_best(self) -> dict[str, float]:
+        """trainer.test_at_end: the test split's metrics (test/<name>) of the weights eval uses by
+        default (best.pt, chosen on validation only; the last weights when no best.pt exists)."""
+        best = self.store.folder / BEST
+        weights = load_checkpoint(best)["model"] if best.is_file() else None
+        current = {k: v.detach().clone() for k, v in self.model.state_dict().items()} if weights else None
+        if weights is not None:
+            self.model.load_state_dict(weights)
+        metrics, _ = evaluate_model(self.model, self.parts.data.test, self.task, self.precision, self.device,
+                                    bool(self.cfg.trainer.channels_last))
+        if current is not None:
+            self.model.load_state_dict(current)
+        found = {f"test/{k}": v for k, v in metrics.items()}
+        self.records.progress.line("test (best.pt): " + "  ".join(f"{k} {v:.4g}" for k, v in found.items()))
+        return found
 
     def _validate_ema(self) -> dict[str, float]:
         """The weight average's validation metrics, as val_ema/<name>."""

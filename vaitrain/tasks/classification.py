@@ -87,6 +87,16 @@ class ClassificationTask(Task):
     def new_meter(self) -> ClassificationMeter:
         return ClassificationMeter(self)
 
+    def per_class(self, meter: Meter) -> list[dict[str, Any]]:
+        """Per class: its samples, how many were classified right (recall), and how many samples
+        were predicted as it; accuracy None for a class without samples in the split."""
+        conf = meter.sums["confusion"].double().cpu()
+        support, correct, predicted = conf.sum(1), conf.diag(), conf.sum(0)
+        return [{"index": k, "class": str(self.class_names[k]), "samples": int(support[k]),
+                 "predicted": int(predicted[k]),
+                 "acc": float(correct[k] / support[k]) if support[k] > 0 else None}
+                for k in range(self.num_classes)]
+
     def log_images(self, writer: Any, tag: str, x: Tensor, y: Tensor, out: Tensor, step: int,
                    max_images: int = 16) -> None:
         k = min(max_images, x.shape[0])

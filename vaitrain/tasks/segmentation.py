@@ -103,6 +103,20 @@ class SegmentationTask(Task):
     def new_meter(self) -> SegmentationMeter:
         return SegmentationMeter(self)
 
+    def per_class(self, meter: Meter) -> list[dict[str, Any]]:
+        """Per class over the split's valid pixels: IoU = TP/(TP+FP+FN), Dice = 2TP/(2TP+FP+FN);
+        None for a class absent from both targets and predictions (left out of miou/dice too)."""
+        conf = meter.sums["confusion"].double().cpu()
+        tp = conf.diag()
+        fp, fn = conf.sum(0) - tp, conf.sum(1) - tp
+        rows = []
+        for k in range(self.num_classes):
+            union = float(tp[k] + fp[k] + fn[k])
+            rows.append({"index": k, "class": str(self.class_names[k]), "pixels": int(conf[k].sum()),
+                         "iou": float(tp[k]) / union if union else None,
+                         "dice": 2 * float(tp[k]) / (union + float(tp[k])) if union else None})
+        return rows
+
     def log_images(self, writer: Any, tag: str, x: Tensor, y: Tensor, out: Tensor, step: int,
                    max_images: int = 8) -> None:
         """Rows of three: input, true mask over the input, predicted mask over the input."""
