@@ -275,3 +275,15 @@ def test_streaming_and_device_loaders_give_the_same_augmented_batches():
         st.set_epoch(epoch)
         for (xa, ya), (xb, yb) in zip(dev, st):
             assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_training_windows_that_do_not_fit_the_model_are_refused_in_one_line():
+    from vaitrain.config import compose
+    from vaitrain.engine.components import build_components
+
+    for overrides, message in ((["model=plain_mlp", "data.crop=16"], "32 px inputs only"),
+                               (["model=unet", "task=segmentation", "data.crop=20", "model.base_width=4"],
+                                "20 px training windows .* divisible by 2\\^4=16")):
+        cfg = compose([*overrides, "data.num_train=32", "data.num_val=8", "trainer.batch_size=16"])
+        with pytest.raises(ConfigError, match=message):
+            build_components(cfg, CPU)

@@ -36,6 +36,7 @@ class DataBundle:
     name: str = ""
     task: str = ""
     notes: list[str] = field(default_factory=list)  # one-line remarks to show at the start of a run
+    train_image_size: int = 0  # side of the training batches when a window/resized crop changes it (0: image_size)
     test: Any = None  # loader of the held-out test split, when asked for (build_data(test=True))
     has_test: bool = False  # whether the data has a test split at all
 
@@ -99,6 +100,8 @@ def build_data(data_cfg: Any, task_name: str, *, device: Any, batch_size: int, v
         name=name,
         task=task_name,
         notes=list(src.notes),
+        train_image_size=(transform.spec.out_size(src.image_size)  # type: ignore[union-attr]
+                          if transform.augment and task_name != "regression" else src.image_size),
         test=test_loader,
         has_test=src.test is not None,
     )

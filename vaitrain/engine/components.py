@@ -9,6 +9,7 @@ import torch
 from omegaconf import DictConfig
 
 from vaitrain.data import build_data
+from vaitrain.errors import ConfigError
 from vaitrain.engine.start import apply_freeze, start_weights
 from vaitrain.models import build_model
 from vaitrain.optim import build_optimization
@@ -22,6 +23,24 @@ class Components:
     model: torch.nn.Module  # what is trained and checkpointed (Alrao may wrap the built net)
     opt: Any  # Optimization(model, optimizer, scheduler, objective, after_step)
     start: Any = None  # models.weights.LoadReport of model.weights / init_from (new runs only)
+
+
+def check_train_size(cfg: DictConfig, data: Any, net: torch.nn.Module) -> None:
+    """Training windows (data.crop, data.resized_crop) of another size than the validation images
+    must fit the model too: a fully connected net takes one size only, a U-Net a multiple of 2^depth."""
+    size = int(data.train_image_size or data.image_size)
+    if size == data.image_size:
+        return
+    if str(cfg.model.get("kind", "")) == "mlp":
+        raise ConfigError(f"model={cfg.model.name} takes {data.image_size} px inputs only, but data.crop/"
+                          f"data.resized_crop make {size} px training windows: drop them or use a convolutional model")
+    check = getattr(net, "check_size", None)
+    if check is not None:
+        try:
+            check(size)
+        except ConfigError as err:
+            raise ConfigError(f"the {size} px training windows (data.crop) do not fit model={cfg.model.name}: "
+                              f"{str(err).split(': use ')[0]}") from None
 
 
 def val_batch_size(cfg: DictConfig) -> int:
@@ -64,6 +83,7 @@ def build_components(
     )
     report = start_weights(cfg, net) if start else None
     apply_freeze(cfg, net)  # before the optimizer (Alrao) wraps the final layer
+    check_train_size(cfg, data, net)
     net.to(device)
     if cfg.trainer.channels_last:
         net.to(memory_format=torch.channels_last)
