@@ -46,7 +46,7 @@ def test_run_leaves_complete_records(tmp_path):
         p.numel() for p in torch.load(run / "checkpoints/last.pt", weights_only=True)["model"].values()
         if p.dtype.is_floating_point) - _buffers(run)
     scalars, acc = _scalars(run)
-    for tag in ("train/loss", "val/loss", "val/acc1", "train/lr", "train/throughput", "train/epoch_time"):
+    for tag in ("train/loss", "val/loss", "val/acc1", "train/lr", "train/throughput", "train/time_per_epoch"):
         assert tag in scalars, tag
     assert [s for s, _ in scalars["val/acc1"]] == [8, 16]  # one point per epoch at the global step
     assert acc.Tags()["images"], "sample grid missing"

@@ -27,7 +27,7 @@ from vaitrain.track.progress import Progress
 TRAIN_LOSS = "train/loss"
 LR = "train/lr"
 THROUGHPUT = "train/throughput"  # images per second of the epoch
-EPOCH_TIME = "train/epoch_time"
+EPOCH_TIME = "train/time_per_epoch"  # seconds; named to sort after the loss in its section
 PER_STEP = (TRAIN_LOSS, LR)  # also logged every trainer.log_every steps
 CONFIG_TEXT = "config"
 HPARAM_GROUPS = ("model", "data", "task", "optim", "sched", "norm", "trainer")
@@ -126,7 +126,8 @@ class Records:
             if status == "completed" and last:
                 key = f"val/{main_metric}"
                 hp = {key: last.get(key, math.nan), "val/loss": last.get("val/loss", math.nan)}
-                self.tb.hparams(run_hparams(self.cfg, self.overrides), hp)
+                chosen = run_hparams(self.cfg, self.overrides)
+                self.tb.hparams(chosen, hp, hparam_domains(chosen))
         self.close()
 
     def close(self) -> None:
@@ -168,6 +169,23 @@ def run_hparams(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
         if key == "seed" or key in flat or any(k.startswith(key + ".") for k in flat):
             chosen += [key] if key in flat else sorted(k for k in flat if k.startswith(key + "."))
     return {k: flat[k] for k in dict.fromkeys(chosen) if k in flat and k not in NOT_HPARAMS}
+
+
+def hparam_domains(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """Allowed values (a list) or ranges ((min, max), None: open) of the HParams keys, from the
+    config's CHOICES, BOUNDS and group options, so every run of a sweep declares the same domain."""
+    from vaitrain.config import BOUNDS, CHOICES, group_options
+
+    domains: dict[str, Any] = {}
+    for key in hparams:
+        group, _, leaf = key.partition(".")
+        if key in CHOICES:
+            domains[key] = list(CHOICES[key])
+        elif leaf == "name" and group in HPARAM_GROUPS and group_options(group):
+            domains[key] = group_options(group)
+        elif key in BOUNDS:
+            domains[key] = BOUNDS[key]
+    return domains
 
 
 def start_summary(cfg: DictConfig, run_dir: Path, *, params: int, data: Any, device: Any, precision: str,

@@ -30,15 +30,31 @@ class TBWriter:
     def text(self, tag: str, text: str, step: int = 0) -> None:
         self.w.add_text(tag, text, step)
 
-    def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+    def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float],
+                domains: Mapping[str, Any] | None = None) -> None:
         """Hyper-parameters for the HParams dashboard, in the run's own folder, with their types
         (torch's add_hparams turns booleans into 1.0). The metric columns name the run's own scalar
-        tags (val/acc1, ...), whose last values HParams shows: no extra one-point `hparam/*` cards."""
+        tags (val/acc1, ...), whose last values HParams shows: no extra one-point `hparam/*` cards.
+        `domains`: key -> a list of the allowed values or a (min, max) range; the type HParams
+        shows comes from it (booleans, numbers and listed strings get one by default)."""
         from tensorboard.plugins.hparams import summary_v2 as hp
 
         clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hparams.items()}
+        domains = dict(domains or {})
+
+        def domain(key: str, value: Any) -> Any:
+            given = domains.get(key)
+            if isinstance(value, bool):
+                return hp.Discrete([False, True])
+            if isinstance(value, (int, float)):
+                lo, hi = given if isinstance(given, tuple) else (None, None)
+                return hp.RealInterval(float(-1e300 if lo is None else lo), float(1e300 if hi is None else hi))
+            if isinstance(given, (list, tuple)) and value in given:
+                return hp.Discrete(list(given))
+            return None
+
         writer = self.w._get_file_writer()
-        writer.add_summary(hp.hparams_config_pb(hparams=[hp.HParam(k) for k in clean],
+        writer.add_summary(hp.hparams_config_pb(hparams=[hp.HParam(k, domain(k, v)) for k, v in clean.items()],
                                                 metrics=[hp.Metric(tag) for tag in metrics]))
         writer.add_summary(hp.hparams_pb(clean, trial_id=self.log_dir.parent.name))
 
