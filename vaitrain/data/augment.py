@@ -31,8 +31,6 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.v2.functional as TF
-from torchvision.ops import roi_align
 
 # TrivialAugmentWide (Mueller & Hutter 2021) as torchvision defines it: name, magnitudes of the
 # 31 bins (None: no magnitude), signed (a random sign per sample).
@@ -205,6 +203,8 @@ def resized_crop(x: torch.Tensor, y: torch.Tensor | None, box: torch.Tensor, s: 
     n = x.shape[0]
     top, left, h, w = (box[:, i].to(torch.float32) for i in range(4))
     rois = torch.stack([torch.arange(n, device=x.device, dtype=torch.float32), left, top, left + w, top + h], 1)
+    from torchvision.ops import roi_align  # imported on first use: torchvision costs ~1 CPU s to import
+
     out = roi_align(x.float(), rois, (s, s), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
     x = out.round_().clamp_(0, 255).to(torch.uint8)
     if y is not None:
@@ -347,6 +347,8 @@ def _blend(a: torch.Tensor, b: torch.Tensor, ratio: torch.Tensor) -> torch.Tenso
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
+    import torchvision.transforms.v2.functional as TF
+
     return x.float() if x.shape[1] == 1 else TF.rgb_to_grayscale(x.float(), 1).floor_()
 
 
@@ -409,6 +411,8 @@ def _color_op(name: str, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         return posterize(x, m)
     if name == "Solarize":
         return solarize(x, m)
+    import torchvision.transforms.v2.functional as TF
+
     if name == "AutoContrast":
         return TF.autocontrast(x)
     if name == "Equalize":

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import torch
-from torchvision.transforms import v2
 
 from vaitrain.data.base import derive_seed
+
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
 
 _MIX_STREAM = 0x3C
 
@@ -36,6 +40,8 @@ class Mixer:
 
     def __init__(self, spec: MixSpec):
         self.spec = spec
+        from torchvision.transforms import v2  # only when mixing: torchvision costs ~1 CPU s to import
+
         c = spec.num_classes
         self.mixup = v2.MixUp(alpha=spec.mixup, num_classes=c) if spec.mixup > 0 else None
         self.cutmix = v2.CutMix(alpha=spec.cutmix, num_classes=c) if spec.cutmix > 0 else None

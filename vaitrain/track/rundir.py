@@ -117,16 +117,38 @@ def environment(device: torch.device) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "hostname": platform.node(),
     }
-    try:
-        import torchvision
-
-        env["torchvision"] = torchvision.__version__
-    except ImportError:  # pragma: no cover - torchvision is a dependency
-        pass
+    version = _torchvision_version()
+    if version:
+        env["torchvision"] = version
     if device.type == "cuda":
         env["device_name"] = torch.cuda.get_device_name(device)
         env["gpu_count"] = torch.cuda.device_count()
     return env
+
+
+def _torchvision_version() -> str | None:
+    """torchvision.__version__ (e.g. 0.29.1+cu130) read from its version.py: importing torchvision
+    only to record this would cost every run ~1 CPU second."""
+    import importlib.util
+    import re
+
+    spec = importlib.util.find_spec("torchvision")  # finds the package without running it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        try:
+            text = (Path(folder) / "version.py").read_text()
+        except OSError:
+            continue
+        found = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", text, re.M)
+        if found:
+            return found.group(1)
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torchvision")
+    except PackageNotFoundError:
+        return None
 
 
 def write_run_files(run: Path, config_yaml: str, overrides: list[str], device: torch.device) -> None:
