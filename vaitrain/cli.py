@@ -7,16 +7,47 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, List, Optional, TypeVar
 
 import typer
+from typer.core import TyperGroup
 from rich.console import Console
 from rich.table import Table
 
-from vaitrain.errors import VaitrainError
+from vaitrain.errors import Interrupted, VaitrainError
+
+class OneLineUsageErrors(TyperGroup):
+    """Usage errors (an unknown option such as `-0` or `--multrun`, a missing argument, a mistyped
+    command) as one line and exit 2, like every other bad input, instead of Typer's usage box."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        standalone = kwargs.pop("standalone_mode", True)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.TyperException as err:
+            show, ctx = getattr(err, "show", None), getattr(err, "ctx", None)
+            if not standalone or not hasattr(err, "format_message"):
+                raise
+            if type(err).__name__ == "NoArgsIsHelpError" and show is not None:  # bare `vaitrain`: the help
+                show()
+                sys.exit(getattr(err, "exit_code", 2))
+            where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            typer.echo(f"error: {one_line(err.format_message())}{where}", err=True)
+            sys.exit(getattr(err, "exit_code", 2))
+        except typer.Abort:
+            if not standalone:
+                raise
+            typer.echo("aborted", err=True)
+            sys.exit(1)
+        if not standalone:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
 
 app = typer.Typer(
+    cls=OneLineUsageErrors,
     help="Train, evaluate and benchmark image networks; every choice is a config override "
     "(e.g. `vaitrain train model=unet task=segmentation optim=adam`).",
     no_args_is_help=True,
@@ -71,6 +102,8 @@ def one_line_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except Interrupted as err:
+            fail(str(err), 128 + err.signum)
         except VaitrainError as err:
             fail(str(err))
         except KeyboardInterrupt:
@@ -106,32 +139,36 @@ def train(
     if multirun:
         sweep_main(overrides)
         return
-    from vaitrain.engine.resume import prepare
+    from vaitrain.interrupts import startup_signals
 
-    given = list(overrides)
-    cfg, overrides = prepare(overrides)
-    from vaitrain.engine import train as run_train
+    # SIGINT/SIGTERM before the loop's own handler takes over: one line, exit 128 + signal
+    with startup_signals():
+        from vaitrain.engine.resume import prepare
 
-    devices = int(cfg.trainer.devices)
-    if devices > 1 and "WORLD_SIZE" not in os.environ:
-        from vaitrain.engine.dist import check_setup
-        from vaitrain.engine.device import resolve_device
-        from vaitrain.engine.launch import launch
+        given = list(overrides)
+        cfg, overrides = prepare(overrides)
+        from vaitrain.engine import train as run_train
 
-        check_setup(devices, resolve_device(cfg.trainer.device), bool(cfg.trainer.sync_bn))
-        # each rank composes the same config from the same command line (and finds RANK set)
-        raise typer.Exit(launch(devices, ["train", *given]))
-    rank = int(os.environ.get("RANK", "0"))
-    try:
-        result = run_train(cfg, overrides)
-    except VaitrainError as err:
-        if not rank:
-            raise
-        from vaitrain.errors import TrainingError
+        devices = int(cfg.trainer.devices)
+        if devices > 1 and "WORLD_SIZE" not in os.environ:
+            from vaitrain.engine.dist import check_setup
+            from vaitrain.engine.device import resolve_device
+            from vaitrain.engine.launch import launch
 
-        if isinstance(err, TrainingError):  # every rank agreed on it; rank 0 says it
-            raise typer.Exit(2)
-        fail(f"[rank {rank}] {err}")
+            check_setup(devices, resolve_device(cfg.trainer.device), bool(cfg.trainer.sync_bn))
+            # each rank composes the same config from the same command line (and finds RANK set)
+            raise typer.Exit(launch(devices, ["train", *given]))
+        rank = int(os.environ.get("RANK", "0"))
+        try:
+            result = run_train(cfg, overrides)
+        except VaitrainError as err:
+            if not rank:
+                raise
+            from vaitrain.errors import TrainingError
+
+            if isinstance(err, TrainingError):  # every rank agreed on it; rank 0 says it
+                raise typer.Exit(2)
+            fail(f"[rank {rank}] {err}")
     if result.status == "stopped":
         if not rank:
             typer.echo(result.message, err=True)

@@ -11,9 +11,10 @@ from typing import Any, Iterable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from vaitrain import config_checks as checks
 from vaitrain import registry
 from vaitrain.errors import ConfigError, check_choice, closest_first
-from vaitrain.schema.root import GROUP_SCHEMAS, SCHEMA_PREFIX, register_schemas
+from vaitrain.schema.root import GROUP_SCHEMAS, SCHEMA_PREFIX, RootConfig, register_schemas
 
 GROUPS = tuple(GROUP_SCHEMAS)
 EXPERIMENT = "experiment"  # the recipes' group: conf/experiment/<name>.yaml, deltas only
@@ -132,10 +133,9 @@ def conf_dir() -> Path:
         raise
 
 
-def group_options(group: str) -> list[str]:
-    """The options a config group offers, from its YAML files."""
-    folder = conf_dir() / group
-    return sorted(p.stem for p in folder.glob("*.yaml"))
+def group_options(group: str, extra_dirs: Sequence[Path] = ()) -> list[str]:
+    """The options a config group offers, from its YAML files (packaged, then hydra.searchpath's)."""
+    return sorted({p.stem for d in (conf_dir(), *extra_dirs) for p in (Path(d) / group).glob("*.yaml")})
 
 
 def _parse(overrides: Sequence[str]) -> list[Any]:
@@ -156,12 +156,14 @@ def _parse(overrides: Sequence[str]) -> list[Any]:
 
 
 def _check_group_choices(parsed: Iterable[Any]) -> None:
+    parsed = list(parsed)
+    extra = checks.search_dirs(parsed)
     for ov in parsed:
         key = ov.key_or_group
         if key in GROUPS and not ov.is_delete():
             values = ov.sweep_string_iterator() if ov.is_sweep_override() else [ov.value()]
             for value in values:
-                check_choice(key, str(value), group_options(key))
+                check_choice(key, str(value), group_options(key, extra))
 
 
 def _unknown_key_error(key: str, cfg_hint: DictConfig | None) -> ConfigError:
@@ -196,22 +198,27 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
             f"'{added[0]}': adding keys with + is not supported; every option already exists "
             "(see `vaitrain config`), so write key=value"
         )
+    checks.refuse_unsupported(parsed)
     if any(ov.is_sweep_override() for ov in parsed):
         raise ConfigError("sweep values (a,b or range(...)) need -m/--multirun")
     _check_group_choices(parsed)
     register_schemas()
+    dirs = [conf_dir(), *checks.search_dirs(parsed)]
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         try:
             cfg = hydra_compose(config_name="config", overrides=overrides)
         except MissingConfigException as err:
-            raise ConfigError(f"{_first_line(err)}") from None
+            raise ConfigError(_first_line(err).split(" Config search path:")[0]) from None
         except HydraException as err:
-            raise _composition_error(_full_text(err), overrides, hydra_compose) from None
+            raise _composition_error(_full_text(err), overrides, hydra_compose, dirs) from None
+        except Exception as err:  # YAML syntax errors, and whatever else Hydra lets through
+            raise checks.yaml_error(err) or ConfigError(f"cannot compose the config: {_first_line(err)}") from None
     try:
         OmegaConf.resolve(cfg)
     except Exception as err:  # interpolation errors
         raise ConfigError(f"cannot resolve the config: {_first_line(err)}") from None
     validate(cfg)
+    checks.check_root_keys(cfg, RootConfig)
     _imply_pretrained_normalization(cfg, parsed)
     return cfg
 
@@ -239,7 +246,7 @@ def _first_line(err: BaseException) -> str:
     return " ".join(text.split()) if text else type(err).__name__
 
 
-def _composition_error(text: str, overrides: list[str], hydra_compose: Any) -> ConfigError:
+def _composition_error(text: str, overrides: list[str], hydra_compose: Any, dirs: Sequence[Path] = ()) -> ConfigError:
     """One line for Hydra's multi-line composition errors."""
     import re
 
@@ -252,12 +259,10 @@ def _composition_error(text: str, overrides: list[str], hydra_compose: Any) -> C
     if in_file and key:
         group = key.group(1).split(".")[0]
         hint = hydra_compose(config_name="config", overrides=[])
-        valid = list(hint[group].keys()) if group in hint and hint[group] is not None else []
+        valid = list(hint[group].keys()) if group in hint and hint[group] is not None else list(hint.keys())
         names = ", ".join(closest_first(in_file.group(2), [str(v) for v in valid]))
-        return ConfigError(
-            f"unknown key '{in_file.group(2)}' in config file conf/{in_file.group(1)}.yaml; "
-            f"valid keys: {names}"
-        )
+        where = checks.config_file(in_file.group(1), dirs) or f"conf/{in_file.group(1)}.yaml"
+        return ConfigError(f"unknown key '{in_file.group(2)}' in config file {where}; valid keys: {names}")
     unknown = re.search(r"Could not override '([^']*)'", text)
     if unknown and unknown.group(1) and key:
         groups = [o for o in overrides if o.split("=", 1)[0] in GROUPS]
@@ -294,6 +299,7 @@ def validate(cfg: DictConfig) -> None:
                 value = str(value).lower()
                 OmegaConf.update(cfg, key, value)
             check_choice(key, str(value), choices)
+    checks.check_finite(cfg, BOUNDS)
     for key, (lo, hi) in BOUNDS.items():
         value = OmegaConf.select(cfg, key, default=None)
         if value is None:

@@ -30,16 +30,25 @@ HYDRA_EQUIVALENTS = {
 }
 
 
+MAX_KEY = 200  # no config key or group is longer
+
+
 def refuse_unsupported(parsed: Iterable[Any]) -> None:
     """`~key` deletions and hydra.* keys other than hydra.searchpath, each in one line."""
     for ov in parsed:
         key = str(ov.key_or_group)
+        if not key:
+            raise ConfigError(f"malformed override '{ov.input_line}': the key is missing; write key=value "
+                              "(e.g. trainer.epochs=3) or group=option (e.g. optim=adam)")
+        if len(key) > MAX_KEY:  # Hydra would look for a config file of that name (an OS error)
+            raise ConfigError(f"unknown config key '{key[:40]}...' ({len(key)} characters); "
+                              "see `vaitrain config` for the valid keys")
         if ov.is_delete():
             raise ConfigError(
                 f"'~{key}': deleting a key or group is not supported (every option is needed); "
                 f"set it to another value instead, e.g. {key}=... (see `vaitrain config`)"
             )
-        if key == "hydra" or key.startswith("hydra."):
+        if re.split(r"[./]", key)[0] == "hydra":  # hydra.run.dir=..., hydra/launcher=...
             if key == SEARCHPATH:
                 continue
             instead = next((v for k, v in HYDRA_EQUIVALENTS.items() if key == k or key.startswith(k + ".")), None)
