@@ -45,6 +45,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "bench.precision": ("auto", "fp32", "bf16", "fp16"),
     "bench.mode": ("train", "infer", "both"),
     "bench.baseline": ("none", "torchvision", "bare"),
+    "bench.clock": ("wall", "process"),
     "sweep.launcher": ("local", "slurm"),
     "search.launcher": ("local", "slurm"),
     "search.direction": ("auto", "maximize", "minimize"),

@@ -8,7 +8,6 @@ out of memory halves the batch and starts over.
 from __future__ import annotations
 
 import gc
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -17,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from vaitrain.bench.memory import StepMemory, state_bytes
-from vaitrain.bench.timing import Timing, summarize, synchronize, time_steps, wall
+from vaitrain.bench.timing import CLOCKS, Timing, summarize, synchronize, time_steps, wall
 from vaitrain.engine.device import autocast
 
 Objective = Callable[[nn.Module, Tensor, Tensor], Tensor]
@@ -61,6 +60,7 @@ class Settings:
     split: bool = False
     data: bool = True
     flops: bool = True
+    clock: str = "wall"  # wall (CUDA events on a GPU) | process (CPU seconds, CPU only)
 
     @property
     def train(self) -> bool:
@@ -197,7 +197,7 @@ def _measure_once(setup: Setup, batch: int, settings: Settings,
         _time_infer(runners, results, x, batch, settings)
     if settings.split and settings.train:
         for r, res in zip(runners, results):
-            res.split_ms = _split(r, x, y, settings.steps, dev)
+            res.split_ms = _split(r, x, y, settings.steps, dev, settings.clock)
     if settings.flops and count_flops is not None:
         for s, res in zip(setup.subjects, results):
             counted = count_flops(s.model, tuple(x.shape))
@@ -228,11 +228,12 @@ def _time_train(runners: list[_Runner], results: list[SubjectResult], x: Tensor,
                 r.train_step(x, y)
                 res.peak_mem_bytes = kept + mem.stop()
 
-        warm.append(wall(warmup, dev))
+        warm.append(wall(warmup, dev, settings.clock))
     times: list[list[list[float]]] = [[] for _ in runners]
     for i in _alternating(len(runners), settings.repeats):
         r = runners[i]
-        times[i].append(time_steps(lambda: r.train_step(x, y), settings.steps, dev, before=r.zero_grad))
+        times[i].append(time_steps(lambda: r.train_step(x, y), settings.steps, dev, before=r.zero_grad,
+                                   clock=settings.clock))
     for res, t, w in zip(results, times, warm):
         res.train = summarize(t, batch, w)
 
@@ -248,32 +249,33 @@ def _time_infer(runners: list[_Runner], results: list[SubjectResult], x: Tensor,
             for _ in range(settings.warmup):
                 r.infer(x)
 
-        warm.append(wall(warmup, dev))
+        warm.append(wall(warmup, dev, settings.clock))
     times: list[list[list[float]]] = [[] for _ in runners]
     for i in _alternating(len(runners), settings.repeats):
-        times[i].append(time_steps(lambda: runners[i].infer(x), settings.steps, dev))
+        times[i].append(time_steps(lambda: runners[i].infer(x), settings.steps, dev, clock=settings.clock))
     for r, res, t, w in zip(runners, results, times, warm):
         res.infer = summarize(t, batch, w)
         r.model.train()
 
 
-def _split(r: _Runner, x: Tensor, y: Tensor, steps: int, dev: torch.device) -> dict[str, float]:
+def _split(r: _Runner, x: Tensor, y: Tensor, steps: int, dev: torch.device, clock: str = "wall") -> dict[str, float]:
     """Forward (with the loss), backward and optimizer step timed apart, synchronized in between."""
+    now = CLOCKS[clock]
     parts: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": []}
     r.model.train()
     for _ in range(steps):
         r.zero_grad()
         synchronize(dev)
-        t0 = time.perf_counter()
+        t0 = now()
         loss = r.forward_loss(x, y)
         synchronize(dev)
-        t1 = time.perf_counter()
+        t1 = now()
         r.backward(loss)
         synchronize(dev)
-        t2 = time.perf_counter()
+        t2 = now()
         r.optimizer_step()
         synchronize(dev)
-        t3 = time.perf_counter()
+        t3 = now()
         parts["forward"].append(t1 - t0)
         parts["backward"].append(t2 - t1)
         parts["optimizer"].append(t3 - t2)
@@ -282,10 +284,11 @@ def _split(r: _Runner, x: Tensor, y: Tensor, steps: int, dev: torch.device) -> d
 
 class _Marks:
     """Time marks inside a running loop: CUDA events on the stream (read after one synchronize)
-    or perf_counter; spans() gives the seconds between consecutive marks of each batch."""
+    or the CPU clock; spans() gives the seconds between consecutive marks of each batch."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, clock: str = "wall") -> None:
         self.cuda = device.type == "cuda"
+        self.now = CLOCKS[clock]
         self.marks: list[list[Any]] = []
 
     def mark(self, row: list[Any]) -> None:
@@ -294,7 +297,7 @@ class _Marks:
             ev.record()
             row.append(ev)
         else:
-            row.append(time.perf_counter())
+            row.append(self.now())
 
     def spans(self) -> list[list[float]]:
         if self.cuda:
@@ -309,7 +312,7 @@ def _data_path(r: _Runner, loader: Any, settings: Settings) -> tuple[float, floa
     dev = settings.device
     cl = settings.channels_last
     count = [0]
-    marks = _Marks(dev)
+    marks = _Marks(dev, settings.clock)
 
     def loader_only() -> None:
         for xb, _yb in loader:
@@ -340,11 +343,11 @@ def _data_path(r: _Runner, loader: Any, settings: Settings) -> tuple[float, floa
             xb = xb.contiguous(memory_format=torch.channels_last)
         r.zero_grad()
         r.train_step(xb, yb)
-    seconds = wall(loader_only, dev)
+    seconds = wall(loader_only, dev, settings.clock)
     loader_img_s = count[0] / max(seconds, 1e-12)
     count[0] = 0
     loader.set_epoch(1)
-    seconds = wall(epoch, dev)
+    seconds = wall(epoch, dev, settings.clock)
     spans = marks.spans()
     load = sum(s[0] for s in spans)
     return loader_img_s, count[0] / max(seconds, 1e-12), load / max(load + sum(s[1] for s in spans), 1e-12)

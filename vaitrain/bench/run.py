@@ -24,13 +24,17 @@ def bench_settings(cfg: DictConfig, device: torch.device) -> Settings:
     from vaitrain.engine.device import resolve_precision
 
     b = cfg.bench
+    if str(b.clock) == "process" and device.type != "cpu":
+        raise ConfigError(f"bench.clock=process times CPU seconds, which miss the work of a {device.type} "
+                          "device: use it with trainer.device=cpu, or bench.clock=wall")
     precision = b.precision if b.precision != "auto" else cfg.trainer.precision
     precision = resolve_precision(precision, device)
     if precision == "fp16" and device.type == "cpu":
         raise ConfigError("bench.precision=fp16 needs a GPU; use fp32 (or bf16) on the CPU")
     return Settings(device=device, precision=precision, channels_last=bool(b.channels_last),
                     compile=bool(b.compile), warmup=int(b.warmup), steps=int(b.steps),
-                    repeats=int(b.repeats), mode=str(b.mode), split=bool(b.split), data=bool(b.data))
+                    repeats=int(b.repeats), mode=str(b.mode), split=bool(b.split), data=bool(b.data),
+                    clock=str(b.clock))
 
 
 def batch_size(cfg: DictConfig) -> int:

@@ -54,3 +54,4 @@ class BenchConfig:
     data: bool = True  # also time the data path (loader alone, full epoch)
     data_batches: int = 16  # the data-path epoch: data.num_train = batch x this (0 = data.num_train)
     out: Optional[str] = None  # write rows + environment to this .json or .csv (--out wins)
+    clock: str = "wall"  # wall (CUDA events on a GPU) | process: CPU seconds, for a shared CPU (CPU only)
