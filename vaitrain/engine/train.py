@@ -25,6 +25,9 @@ from vaitrain.engine.ema import WeightEMA
 from vaitrain.engine.device import resolve_device, resolve_precision, rng_state, seed_everything, set_rng_state
 from vaitrain.engine.evaluate import evaluate_model, run_validation
 from vaitrain.engine.layer_stats import LayerStats
+from vaitrain.engine.resources import resource_errors
+from vaitrain.errors import Interrupted
+from vaitrain.engine.resume import plan_resume, record_resume
 from vaitrain.engine.records import EPOCH_TIME, LR, THROUGHPUT, TRAIN_LOSS, Records, start_summary
 from vaitrain.data.info import describe
 from vaitrain.engine.start import write_start_record
@@ -75,6 +78,8 @@ class Trainer:
 
         self.store = RunStore(self.ctx, Path(cfg.resume) if cfg.resume else None)
         self.resume_state = self.store.resume_state(cfg.task.name) if cfg.resume else None
+        # resume rules: a completed run, a shrunk plan or a changed model/data/... is refused here
+        self.plan = plan_resume(cfg, self.resume_state, self.store.folder.parent) if self.resume_state else None
         stats = self.resume_state.get("data_stats") if self.resume_state else None
         self.parts = build_components(cfg, self.device, stats=stats, rank=self.ctx.rank,
                                       world_size=self.ctx.world_size, start=self.resume_state is None,
@@ -88,8 +93,17 @@ class Trainer:
             Path(out_dir) if out_dir is not None else Path(cfg.out_dir), model=cfg.model.name,
             data=rundir.data_label(cfg), name=name or cfg.name, dated=dated, config_yaml=self.config_yaml,
             overrides=overrides, device=self.device,
+            on_resume=lambda run: record_resume(run, self.plan, overrides, self.config_yaml,  # type: ignore[arg-type]
+                                                epoch=int(self.resume_state["epoch"]), step=int(self.resume_state["step"])),
         )
+        try:
+            self._start(cfg, overrides)
+        except BaseException:  # failed or stopped before its records open: no orphan directory
+            self.store.abandon()
+            raise
 
+    def _start(self, cfg: DictConfig, overrides: list[str]) -> None:
+        """The rest of start-up, once the run directory is open (and locked)."""
         step_model = dist.wrap(self.model, self.ctx, self.device, bool(cfg.trainer.sync_bn))
         if cfg.trainer.compile:
             step_model = torch.compile(step_model)
@@ -109,6 +123,9 @@ class Trainer:
         self.params = sum(p.numel() for p in self.model.parameters())
         if self.resume_state is not None:
             self._restore(self.resume_state)
+            if self.plan is not None and self.plan.extends:  # the added epochs: a new schedule cycle
+                scheduler = self.parts.opt.scheduler
+                scheduler.extend(scheduler.steps_per_epoch * self.plan.epochs)
         self.records = Records(cfg, self.run_dir, main=self.ctx.is_main,
                                elapsed=float((self.resume_state or {}).get("elapsed", 0.0)), overrides=overrides)
         if self.parts.start is not None and self.ctx.is_main:
@@ -201,17 +218,23 @@ class Trainer:
                         break
                 if status == "completed" and self.epoch >= epochs and self.cfg.trainer.test_at_end:
                     last = {**last, **self._test_best()}
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Interrupted):
             status = "stopped"
             raise
-        except BaseException:  # a non-finite loss, or any crash: never recorded as completed
+        except BaseException as err:  # a non-finite loss, or any crash: never recorded as completed
             status = "failed"
+            last = {**last, "error": " ".join(str(err).split())[:300] or type(err).__name__}  # the why
             raise
         finally:
-            records.final(status=status, epoch=self.epoch, step=self.step, params=self.params,
-                          skipped_steps=self.optstep.skipped_steps, last=last, best=self.best,
-                          main_metric=self.task.main_metric)
-            dist.shutdown(self.ctx)
+            try:
+                records.final(status=status, epoch=self.epoch, step=self.step, params=self.params,
+                              skipped_steps=self.optstep.skipped_steps, last=last, best=self.best,
+                              main_metric=self.task.main_metric)
+            except OSError:  # a full disk: the error being raised says so; the lock still goes
+                records.close()
+            finally:
+                self.store.close()
+                dist.shutdown(self.ctx)
         message = ""
         if status == "stopped":
             message = (f"stopped after epoch {self.epoch}, step {self.step}; "
@@ -338,4 +361,7 @@ def train(cfg: DictConfig, overrides: list[str], *, out_dir: Path | None = None,
     """Train (or resume, when cfg.resume is set) and return where the records went. `on_epoch(epoch,
     metrics)` runs after each epoch's record and checkpoint (single process); a status it returns
     (e.g. "pruned") ends the run with that status."""
-    return Trainer(cfg, overrides, out_dir=out_dir, dated=dated, name=name, on_epoch=on_epoch).fit()
+    trainer: Trainer | None = None
+    with resource_errors(lambda: trainer.store.last if trainer is not None and trainer.store.run_dir else None):
+        trainer = Trainer(cfg, overrides, out_dir=out_dir, dated=dated, name=name, on_epoch=on_epoch)
+        return trainer.fit()

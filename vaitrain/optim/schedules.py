@@ -18,6 +18,12 @@ main(t) by `sched.name` (T = epochs * steps_per_epoch total steps, e = t // step
 
 All the schedule's parameters are plain numbers in `state_dict()`, so a resumed run continues
 with exactly the rates it would have had.
+
+Extending a run (resume= with a larger trainer.epochs, `extend`): the steps already planned keep
+their rates; the added steps A = T' - T form a new cycle after the old plan's end, a warm
+restart (Loshchilov & Hutter, SGDR): cosine and onecycle run their shape again over A steps from
+the base rate, without warmup; step, multistep and constant depend only on the epoch and go on
+counting epochs as if the run had been planned T' steps long.
 """
 from __future__ import annotations
 
@@ -57,17 +63,25 @@ class Schedule(LRScheduler):
         self.pct_start = float(pct_start)
         self.div_factor = float(div_factor)
         self.final_div_factor = float(final_div_factor)
+        self.restart_at = 0  # the step where the last extension's cycle begins (0: none)
         super().__init__(optimizer)
+
+    def extend(self, total_steps: int) -> None:
+        """Plan total_steps (more than now): the added steps are a new cycle (module docstring)."""
+        if int(total_steps) <= self.total_steps:
+            raise ConfigError(f"a schedule can only be extended: {total_steps} <= {self.total_steps} planned steps")
+        self.restart_at, self.total_steps = self.total_steps, int(total_steps)
 
     def factor(self, t: int) -> float:
         w = self.warmup_steps
-        warm = self.warmup_start + (1 - self.warmup_start) * t / w if t < w else 1.0
+        warm = self.warmup_start + (1 - self.warmup_start) * t / w if t < w and not self.restart_at else 1.0
         return warm * self._main(t)
 
     def _main(self, t: int) -> float:
         e = t // self.steps_per_epoch
-        u = max(t - self.warmup_steps, 0)
-        span = max(self.total_steps - self.warmup_steps, 1)
+        start = self.restart_at if self.restart_at and t >= self.restart_at else self.warmup_steps
+        u = max(t - start, 0)
+        span = max(self.total_steps - start, 1)
         if self.name == "constant":
             return 1.0
         if self.name == "step":
