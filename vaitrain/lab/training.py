@@ -1,0 +1,292 @@
+"""Lab topics that train: each runs one or more normal vaitrain sweeps (through `ctx.sweep`) sized to
+make the lecture's point in minutes on a laptop CPU (`default`) or seconds (`tiny`, for tests), and
+reads the numbers back from the runs' own records."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from vaitrain.lab.base import Figure, Finding, LabContext, Outcome
+
+# --------------------------------------------------------------------------- shared
+
+
+def sized(ctx: LabContext, *, train: int, val: int, epochs: int, tiny_train: int = 128, tiny_val: int = 64,
+          tiny_epochs: int = 1) -> list[str]:
+    n, v, e = (tiny_train, tiny_val, tiny_epochs) if ctx.tiny else (train, val, epochs)
+    return [f"data.num_train={n}", f"data.num_val={v}", f"trainer.epochs={e}", "trainer.log_every=5"]
+
+
+def records(result: Any) -> list[Any]:
+    """The sweep's runs read back (vaitrain.compare.Run), in job order."""
+    from vaitrain.compare import load_run
+
+    return [load_run(p) for p in result.run_dirs]
+
+
+def final(run: Any, tag: str) -> float:
+    """The last recorded value of a metric in a run (nan if it has none)."""
+    s = run.series.get(tag)
+    return float(s.values[-1]) if s is not None and s.values else float("nan")
+
+
+def value(run: Any, key: str) -> Any:
+    return run.config.get(key)
+
+
+def _gap(a: float, b: float) -> str:
+    return f"{a:.3f} vs {b:.3f}"
+
+
+# --------------------------------------------------------------------------- normalization
+
+
+def topic_normalization(ctx: LabContext) -> Outcome:
+    small, large = (4, 32) if ctx.tiny else (4, 64)
+    res = ctx.sweep("norms", [
+        "model=plain_cnn", f"model.depth={6 if ctx.tiny else 10}", f"model.width={8 if ctx.tiny else 16}",
+        "model.act=relu", "model.init=he", "norm=batch,group,layer,instance,none", "norm.groups=4",
+        f"trainer.batch_size={small},{large}", "optim=adam", "sched=constant",
+        *sized(ctx, train=1024, val=512, epochs=2, tiny_train=64, tiny_val=32)])
+    acc = {(value(r, "norm.name"), int(value(r, "trainer.batch_size"))): final(r, "val/acc1") for r in records(res)}
+    drop = {n: acc.get((n, large), float("nan")) - acc.get((n, small), float("nan")) for n in ("batch", "group", "layer")}
+    normed = [acc.get((n, large), float("nan")) for n in ("batch", "group", "layer", "instance")]
+    none = acc.get(("none", large), float("nan"))
+    findings = [
+        Finding(f"Batch norm's statistics come from the batch: at batch size {small} it loses more accuracy "
+                "than group or layer norm, which normalize each sample on its own.",
+                f"val acc1 lost going from batch {large} to {small}: batch norm {drop['batch']:.3f}, "
+                f"group {drop['group']:.3f}, layer {drop['layer']:.3f}",
+                drop["batch"] > max(drop["group"], drop["layer"]), {f"drop_{k}": v for k, v in drop.items()}),
+        Finding("Any normalization trains a deep plain net better than none.",
+                f"val acc1 at batch {large}: mean of the four norms {sum(normed) / 4:.3f}, none {none:.3f}",
+                sum(normed) / 4 > none, {"normed": sum(normed) / 4, "none": none}),
+    ]
+    table = ("val acc1 by norm and batch size", ["norm", f"batch {small}", f"batch {large}"],
+             [[n, acc.get((n, small)), acc.get((n, large))] for n in ("batch", "group", "layer", "instance", "none")])
+    return Outcome(findings, [], [table])
+
+
+# --------------------------------------------------------------------------- optimizers
+
+
+def topic_optimizers(ctx: LabContext) -> Outcome:
+    common = ["model=plain_cnn", f"model.depth={4 if ctx.tiny else 8}", f"model.width={8 if ctx.tiny else 16}",
+              "model.down_every=2", "norm=batch", "sched=constant", "trainer.batch_size=32",
+              *sized(ctx, train=1024, val=512, epochs=3, tiny_train=64, tiny_val=32)]
+    sgd_lrs = "0.003,0.3" if ctx.tiny else "0.001,0.01,0.1,1.0"
+    adam_lrs = "1e-4,1e-2" if ctx.tiny else "1e-5,1e-4,1e-3,1e-2"
+    sgd = records(ctx.sweep("sgd", ["optim=sgd", f"optim.lr={sgd_lrs}", "optim.weight_decay=0", *common]))
+    adam = records(ctx.sweep("adam", ["optim=adam", f"optim.lr={adam_lrs}", *common]))
+    alrao = records(ctx.sweep("alrao", ["optim=alrao", *common]))
+
+    def accs(runs: Sequence[Any]) -> list[float]:
+        return [final(r, "val/acc1") for r in runs]
+
+    s, a, al = accs(sgd), accs(adam), accs(alrao)
+    spread_s, spread_a = max(s) - min(s), max(a) - min(a)
+    best = max(s + a)
+    findings = [
+        Finding("Adam divides each step by a running gradient scale, so it is less sensitive to the learning "
+                "rate than SGD over the same range of rates.",
+                f"val acc1 best - worst over {len(s)} rates spanning {sgd_lrs.replace(',', ', ')} (SGD) and "
+                f"{adam_lrs.replace(',', ', ')} (Adam): SGD {spread_s:.3f}, Adam {spread_a:.3f}",
+                spread_a < spread_s, {"spread_sgd": spread_s, "spread_adam": spread_a}),
+        Finding("Alrao (random per-feature learning rates, no rate to tune) comes close to the best tuned run.",
+                f"Alrao {al[0]:.3f} vs best tuned {best:.3f}", al[0] >= best - 0.1, {"alrao": al[0], "best": best}),
+    ]
+    table = ("val acc1 by optimizer and learning rate", ["optimizer", "lr", "val acc1"],
+             [["sgd", value(r, "optim.lr"), v] for r, v in zip(sgd, s)]
+             + [["adam", value(r, "optim.lr"), v] for r, v in zip(adam, a)]
+             + [["alrao", f"[{value(alrao[0], 'optim.lr_min')}, {value(alrao[0], 'optim.lr_max')}]", al[0]]])
+
+    def draw() -> Any:
+        from vaitrain.report import figure
+
+        fig = figure(figsize=(6, 3.4))
+        ax = fig.subplots()
+        ax.plot([float(value(r, "optim.lr")) for r in sgd], s, marker="o", label="SGD (momentum 0.9)")
+        ax.plot([float(value(r, "optim.lr")) for r in adam], a, marker="o", label="Adam")
+        ax.axhline(al[0], color="C2", linestyle="--", label="Alrao (no learning rate)")
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("final val acc1")
+        ax.set_title("learning-rate sensitivity")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+        return fig
+
+    from vaitrain.report import png_bytes
+
+    return Outcome(findings, [Figure("Final validation accuracy against the learning rate", png_bytes(draw()))], [table])
+
+
+# --------------------------------------------------------------------------- density
+
+
+DENSITY_MODEL = ["model=resnet20", "model.width_mult=0.5", "task.components=2", "trainer.batch_size=64"]
+
+
+def topic_density(ctx: LabContext) -> Outcome:
+    from vaitrain.report import density_png
+
+    runs = records(ctx.sweep("heads", [
+        "data=shapes_ambiguous", "task=regression", "task.head=gaussian,mdn", *DENSITY_MODEL,
+        *sized(ctx, train=2048, val=512, epochs=8, tiny_train=512, tiny_val=128, tiny_epochs=3)]))
+    by = {value(r, "task.head"): r for r in runs}
+    g, m = by["gaussian"], by["mdn"]
+    nll_g, nll_m = final(g, "val/nll"), final(m, "val/nll")
+    bok_g, bok_m = final(g, "val/best_of_k"), final(m, "val/best_of_k")
+    findings = [
+        Finding("Where a target has two equally likely values, a mixture density network puts a mode on each "
+                "and so gives the data a higher likelihood than a single Gaussian, which can only cover both "
+                "with one wide bump at the midpoint.",
+                f"val NLL (nats, lower is better): MDN {nll_m:.3f}, Gaussian {nll_g:.3f}",
+                nll_m < nll_g, {"nll_mdn": nll_m, "nll_gaussian": nll_g}),
+        Finding("One of the MDN's hypotheses lands near the true position (best-of-K error).",
+                f"best-of-K error: MDN {bok_m:.3f}, Gaussian {bok_g:.3f}", bok_m < bok_g,
+                {"best_of_k_mdn": bok_m, "best_of_k_gaussian": bok_g}),
+    ]
+    figures = [Figure(f"{head}: predicted density of the object's position", png)
+               for head, run in (("Gaussian", g), ("MDN", m)) if (png := density_png(run))]
+    return Outcome(findings, figures)
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def operator_facts() -> dict[str, float]:
+    """Max-unpooling after max-pooling: the fraction of zeros and whether every kept value is the
+    window's maximum in its place; bilinear's range; the transposed conv's output size."""
+    from vaitrain.models.layers import make_down, make_up
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 8, 8)
+    pooled, idx = make_down("maxpool", 4, return_indices=True)(x)
+    back = make_up("maxunpool", 4, 4)(pooled, indices=idx)
+    kept = back != 0
+    in_place = bool(torch.equal(back[kept], x[kept]))
+    window_max = torch.nn.functional.max_pool2d(x, 2)
+    bil = make_up("bilinear", 4, 4)(pooled)
+    trans = make_up("transposed", 4, 4)(pooled)
+    return {"unpool_zero_fraction": 1 - kept.float().mean().item(), "unpool_in_place": float(in_place),
+            # one value kept per 2x2 window, and it is the window's maximum
+            "unpool_maxima": float(torch.equal(back.view(2, 4, 4, 2, 4, 2).sum((3, 5)), window_max)),
+            "bilinear_within_range": float(bil.min() >= pooled.min() - 1e-6 and bil.max() <= pooled.max() + 1e-6),
+            "transposed_size": float(trans.shape[-1]), "input_size": float(x.shape[-1])}
+
+
+def topic_sampling(ctx: LabContext) -> Outcome:
+    facts = operator_facts()
+    common = ["model=unet", "task=segmentation", f"model.base_width={4 if ctx.tiny else 8}", "model.depth=2",
+              "trainer.batch_size=32", "optim=adam", "optim.lr=3e-3",
+              *sized(ctx, train=1024, val=256, epochs=3, tiny_train=64, tiny_val=32)]
+    ups = records(ctx.sweep("up", ["model.down=maxpool", f"model.up={'maxunpool,transposed' if ctx.tiny else 'maxunpool,bilinear,transposed'}", *common]))
+    downs = records(ctx.sweep("down", [f"model.down={'strided' if ctx.tiny else 'avgpool,strided'}", "model.up=transposed", *common]))
+    rows = [[value(r, "model.down"), value(r, "model.up"), final(r, "val/pixel_acc"), final(r, "val/miou")] for r in ups + downs]
+    worst, best = min(r[3] for r in rows), max(r[3] for r in rows)
+    findings = [
+        Finding("Max-unpooling puts each maximum back where max-pooling found it and zeros elsewhere (3 of 4 values).",
+                f"zeros {facts['unpool_zero_fraction']:.3f}; kept values are the inputs in place: "
+                f"{bool(facts['unpool_in_place'])}; they are the window maxima: {bool(facts['unpool_maxima'])}",
+                abs(facts["unpool_zero_fraction"] - 0.75) < 1e-6 and facts["unpool_in_place"] == 1 and facts["unpool_maxima"] == 1,
+                facts),
+        Finding("Bilinear up-sampling interpolates (no value outside its input's range); a stride-2 transposed "
+                "conv doubles the size ((H-1)s - 2p + k = 2H for k = s = 2) with a learned kernel.",
+                f"bilinear within range: {bool(facts['bilinear_within_range'])}; transposed: "
+                f"{facts['input_size'] / 2:.0f} -> {facts['transposed_size']:.0f} px",
+                facts["bilinear_within_range"] == 1 and facts["transposed_size"] == facts["input_size"], {}),
+        Finding("With skip connections carrying the detail, every down/up pair trains a U-Net to a similar mIoU.",
+                f"val mIoU from {worst:.3f} to {best:.3f} over {len(rows)} pairs", best - worst < 0.15,
+                {"miou_min": worst, "miou_max": best}),
+    ]
+    return Outcome(findings, [], [("U-Net by down/up-sampling", ["down", "up", "val pixel acc", "val mIoU"], rows)])
+
+
+# --------------------------------------------------------------------------- depth
+
+
+def topic_depth(ctx: LabContext) -> Outcome:
+    common = ["norm=batch", "optim=adam", "sched=cosine", "trainer.batch_size=64",
+              *sized(ctx, train=1024, val=512, epochs=3, tiny_train=64, tiny_val=32)]
+    shallow, deep = (8, 14) if ctx.tiny else (8, 32)
+    plain = records(ctx.sweep("plain", ["model=plain_cnn", f"model.depth={shallow},{deep}", "model.width=16",
+                                        "model.down_every=" + str(max(deep // 3, 1)), *common]))
+    resnet = records(ctx.sweep("resnet", ["model=resnet20", f"model.depth={shallow},{deep if (deep - 2) % 6 == 0 else 14}", *common]))
+    dense_blocks = "[1,1,1],[2,2,2]" if ctx.tiny else "[2,2,2],[8,8,8]"
+    dense = records(ctx.sweep("dense", ["model=densenet40", f"model.block_config={dense_blocks}", *common]))
+
+    def pair(runs: Sequence[Any]) -> tuple[float, float]:
+        return final(runs[0], "val/acc1"), final(runs[-1], "val/acc1")
+
+    (ps, pd), (rs, rd), (ds, dd) = pair(plain), pair(resnet), pair(dense)
+    findings = [
+        Finding("Without skips, making a net deeper makes it train worse (the degradation problem); residual and "
+                "dense connections let the deeper net keep up.",
+                f"val acc1 shallow -> deep: plain {_gap(ps, pd)}, ResNet {_gap(rs, rd)}, DenseNet {_gap(ds, dd)}",
+                (pd - ps) < min(rd - rs, dd - ds), {"plain_change": pd - ps, "resnet_change": rd - rs, "dense_change": dd - ds}),
+    ]
+    rows = [[value(r, "model.name"), value(r, "model.depth") or str(value(r, "model.block_config")),
+             r.params, final(r, "train/loss"), final(r, "val/acc1")] for r in plain + resnet + dense]
+    return Outcome(findings, [], [("who still trains as depth grows", ["model", "depth", "params", "final train loss", "val acc1"], rows)])
+
+
+# --------------------------------------------------------------------------- batch size
+
+
+def gradient_noise(batch_sizes: Sequence[int], pool: int, overrides: Sequence[str] = (), draws: int = 200,
+                   seed: int = 0) -> dict[int, float]:
+    """E ||g_B - g||^2 over `draws` random mini-batches of B samples drawn without replacement from a
+    pool (g: the pool's mean gradient), for each batch size B, for a small CNN at init."""
+    from vaitrain.lab.inspections import build
+
+    _, data, task, model = build(["model=plain_cnn", "model.depth=4", "model.width=8", "model.down_every=2",
+                                  "norm=none", "model.init=he", f"data.num_train={pool}", "data.num_val=16",
+                                  f"trainer.batch_size={pool}", "data.augment=false", f"seed={seed}", *overrides])
+    data.train.set_epoch(0)
+    x, y = next(iter(data.train))
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def grad(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        g = torch.autograd.grad(task.loss(model(xb), yb), params)
+        return torch.cat([t.flatten() for t in g])
+
+    per_sample = torch.stack([grad(x[i:i + 1], y[i:i + 1]) for i in range(pool)])
+    full = per_sample.mean(0)
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for b in batch_sizes:
+        picks = torch.stack([torch.randperm(pool, generator=gen)[:b] for _ in range(draws)])
+        out[b] = ((per_sample[picks].mean(1) - full) ** 2).sum(1).mean().item()
+    return out
+
+
+def topic_batchsize(ctx: LabContext) -> Outcome:
+    pool = 256 if ctx.tiny else 512
+    small, large = 8, 64
+    noise = gradient_noise([small, large], pool, ctx.compose_extra())
+    # batches drawn without replacement from the pool: Var ~ (1/B)(pool - B)/(pool - 1)
+    theory = (1 / small * (pool - small)) / (1 / large * (pool - large))
+    measured = noise[small] / noise[large]
+    res = records(ctx.sweep("batch", ["model=plain_cnn", "model.depth=6", "model.width=16", "model.down_every=2",
+                                      "norm=batch", "optim=adam", "sched=constant", f"trainer.batch_size={small},{large}",
+                                      *sized(ctx, train=2048, val=512, epochs=2, tiny_train=128, tiny_val=32)]))
+    by = {int(value(r, "trainer.batch_size")): r for r in res}
+    steps = {b: (r.epoch_ends[-1][1] if r.epoch_ends else 0) for b, r in by.items()}
+    loss = {b: final(r, "train/loss") for b, r in by.items()}
+    acc = {b: final(r, "val/acc1") for b, r in by.items()}
+    findings = [
+        Finding(f"The mini-batch gradient's noise falls as 1/B: batch {small} is {large // small}x noisier than batch {large} "
+                f"(times (N-{small})/(N-{large}) for batches drawn without replacement from N = {pool}).",
+                f"E||g_B - g||^2 ratio {measured:.2f}, theory {theory:.2f}", 0.6 * theory <= measured <= 1.6 * theory,
+                {"noise_ratio": measured, "theory": theory}),
+        Finding("With the same epochs and learning rate, small batches take many more (noisy) steps and end with the "
+                "lower training loss; large ones take few, accurate steps.",
+                f"batch {small}: {steps.get(small, 0)} steps, train loss {loss.get(small, float('nan')):.3f}, val acc1 "
+                f"{acc.get(small, float('nan')):.3f}; batch {large}: {steps.get(large, 0)} steps, train loss "
+                f"{loss.get(large, float('nan')):.3f}, val acc1 {acc.get(large, float('nan')):.3f}",
+                loss.get(small, float("inf")) < loss.get(large, float("-inf")),
+                {"loss_small": loss.get(small, float("nan")), "loss_large": loss.get(large, float("nan"))}),
+    ]
+    return Outcome(findings)
