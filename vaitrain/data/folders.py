@@ -262,27 +262,26 @@ def build_seg_folder(cfg: Any, task: str) -> Source:
     masks_seen = torch.zeros(256, dtype=torch.bool)
     mask_files: list[Path] = []
     mask_values: list[torch.Tensor] = []  # the values each mask file holds
+    declared = int(cfg.num_classes)
+    # with data.num_classes given, every pixel of every mask file is checked before any resize
+    valid = ([*range(min(declared, 255)), 255], f"data.num_classes={declared} allows 0..{declared - 1} "
+             "(255 = ignore): fix the mask or raise data.num_classes") if declared else None
     for pairs in (tr, va):
         imgs, masks = [p for p, _ in pairs], [m for _, m in pairs]
         if resident:
-            decoded = parallel_map(lambda i: load_pair(imgs[i], masks[i], mode, size, fit), len(pairs))
+            decoded = parallel_map(lambda i: load_pair(imgs[i], masks[i], mode, size, fit, valid), len(pairs))
             x, y = stack([d[0] for d in decoded], imgs), stack([d[1] for d in decoded], masks, "masks")
             mask_values += [torch.unique(d[1]) for d in decoded]
             splits.append(TensorSplit(x, y))
         else:  # value scan of the masks (small files) for the class count and the binary check
             from vaitrain.data.images import load_mask
 
-            mask_values += parallel_map(lambda i: torch.unique(load_mask(masks[i], 0)), len(masks))
+            mask_values += parallel_map(lambda i: torch.unique(load_mask(masks[i], 0, valid=valid)), len(masks))
             splits.append(FileDataset(imgs, None, mode, size, masks=masks, fit=fit))
         mask_files += masks
     masks_seen |= _mask_values(mask_values)
     values = masks_seen.nonzero().flatten().tolist()
     binary = set(values) <= {0, 255}
-    declared = int(cfg.num_classes)
-    if declared and not binary:
-        check_mask_ids(mask_values, mask_files, [*range(min(declared, 255)), 255],
-                       f"data.num_classes={declared} allows 0..{declared - 1} (255 = ignore): "
-                       "fix the mask or raise data.num_classes")
     if binary:  # 0/255 masks: foreground 1
         for s in splits:
             if isinstance(s, TensorSplit):

@@ -156,9 +156,11 @@ def load_image_sized(path: Path, mode: str, size: int, fit: Fit = SQUASH) -> tup
 
 
 def load_mask(path: Path, size: int, image_hw: tuple[int, int] | None = None, image_path: Path | None = None,
-              fit: Fit = SQUASH) -> torch.Tensor:
+              fit: Fit = SQUASH, valid: tuple[Sequence[int], str] | None = None) -> torch.Tensor:
     """uint8 (H,W) class indices of a mask PNG (grayscale or palette), resized by nearest neighbour
-    with its image's Fit. image_hw: the size (H, W) the mask must have before resizing (its image's)."""
+    with its image's Fit. image_hw: the size (H, W) the mask must have before resizing (its image's).
+    valid: (the allowed values, the hint) checked on every pixel of the file, before a resize or a
+    crop could drop the odd one."""
     with _open(path) as im:
         if im.mode not in ("1", "L", "P", "I", "I;16"):
             raise DataError(f"mask {path} is {im.mode}: save masks as grayscale or palette PNGs of class indices")
@@ -171,6 +173,8 @@ def load_mask(path: Path, size: int, image_hw: tuple[int, int] | None = None, im
     if arr.max(initial=0) > 255:
         raise DataError(f"mask {path} has class index {int(arr.max())} > 255")
     arr = arr.astype(np.uint8)
+    if valid is not None:
+        check_mask_ids([torch.from_numpy(arr)], [path], *valid)
     if size:
         box = fit.box(hw[1], hw[0])
         if hw != (size, size) or box != (0.0, 0.0, float(hw[1]), float(hw[0])):
@@ -178,12 +182,13 @@ def load_mask(path: Path, size: int, image_hw: tuple[int, int] | None = None, im
     return torch.from_numpy(arr.copy())
 
 
-def load_pair(image: Path, mask: Path, mode: str, size: int, fit: Fit = SQUASH) -> tuple[torch.Tensor, torch.Tensor]:
-    """An image and its mask, the mask checked to have the image's size before resizing."""
+def load_pair(image: Path, mask: Path, mode: str, size: int, fit: Fit = SQUASH,
+              valid: tuple[Sequence[int], str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """An image and its mask, the mask checked to have the image's size (and `valid` values) before resizing."""
     with _open(image) as im:
         hw = (im.size[1], im.size[0])
         x = _to_tensor(im, mode, size, fit)
-    return x, load_mask(mask, size, hw, image, fit)
+    return x, load_mask(mask, size, hw, image, fit, valid)
 
 
 def parallel_map(fn: Callable[[int], T], n: int) -> list[T]:

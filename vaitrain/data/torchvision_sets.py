@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from vaitrain.data.base import Source, TensorSplit, derive_seed, register, subset_indices
-from vaitrain.data.images import check_mask_ids, load_image, load_pair, parallel_map, stack
+from vaitrain.data.images import load_image, load_pair, parallel_map, stack
 from vaitrain.data.matfile import load_mat
 from vaitrain.data.safe_pickle import load_arrays
 from vaitrain.errors import DataError
@@ -294,8 +294,7 @@ def _decode_list(images: list[Path], targets: Any, masks: list[Path] | None, siz
     if masks is None:
         x = stack(parallel_map(lambda i: load_image(images[i], "RGB", size), len(images)), images)
         return TensorSplit(x, torch.as_tensor(targets, dtype=torch.long))
-    pairs = parallel_map(lambda i: load_pair(images[i], masks[i], "RGB", size), len(images))
-    check_mask_ids([p[1] for p in pairs], masks, *mask_ids)
+    pairs = parallel_map(lambda i: load_pair(images[i], masks[i], "RGB", size, valid=mask_ids), len(images))
     y = stack([p[1] for p in pairs], masks, "masks")
     return TensorSplit(stack([p[0] for p in pairs], images), map_mask(y) if map_mask is not None else y)
 
