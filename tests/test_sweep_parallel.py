@@ -138,3 +138,28 @@ def test_sweep_settings_cannot_be_swept(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="sweep.*one value"):
         run_sweep(["seed=1,2", "sweep.parallel=1,2"], out_dir=tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+def test_each_job_is_pinned_to_a_gpu_or_a_share_of_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vaitrain.jobs import JobSpec, place, visible_gpus
+
+    on_gpus = [place(JobSpec(["seed=1"], "o", f"job{i}"), slot, 3, ["4", "6"]) for i, slot in enumerate((0, 1, 2))]
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in on_gpus] == ["4", "6", "4"]  # round robin over the GPUs
+    assert all(s.overrides == ["seed=1"] for s in on_gpus)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    on_cpu = place(JobSpec(["seed=1"], "o", "job0"), 0, 2, [])
+    assert on_cpu.overrides == ["seed=1", "trainer.threads=4"] and on_cpu.env == {"OMP_NUM_THREADS": "4"}
+    mine = place(JobSpec(["trainer.threads=1"], "o", "job0"), 0, 2, [])
+    assert mine.overrides == ["trainer.threads=1"]  # the user's own setting wins
+    # an outer CUDA_VISIBLE_DEVICES (e.g. SLURM's) is what jobs are spread over
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert visible_gpus() == ["3", "5"]
+
+
+def test_missing_submitit_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "submitit", None)
+    with pytest.raises(ConfigError, match=r"submitit is not installed; install the extra: pip install 'vaitrain\[search\]'"):
+        run_sweep(["seed=1,2", "sweep.launcher=slurm", *TINY], out_dir=tmp_path / "o")
+    assert not (tmp_path / "o").exists()  # refused before anything is written

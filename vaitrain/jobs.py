@@ -259,6 +259,15 @@ class SlurmLauncher:
         r.handle.cancel(check=False)  # scancel: SIGTERM to the job, whose loop writes last.pt
 
 
+def check_launcher(launch_cfg: Any) -> None:
+    """Before anything is written: the launcher's library is there (one line naming the extra)."""
+    if str(launch_cfg.launcher) == "slurm":
+        try:
+            import submitit  # noqa: F401
+        except ImportError:
+            raise missing_extra("submitit") from None
+
+
 def make_launcher(launch_cfg: Any, folder: Path, uses_gpu: bool, progress: Callable[[str], None] | None = None) -> Any:
     if str(launch_cfg.launcher) == "slurm":
         return SlurmLauncher(folder, launch_cfg.slurm, int(launch_cfg.parallel), progress)

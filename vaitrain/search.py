@@ -30,7 +30,7 @@ from omegaconf import DictConfig
 
 from vaitrain.config import GROUPS, _parse, compose, group_options
 from vaitrain.errors import ConfigError, RunDirError
-from vaitrain.jobs import JobSpec, find_run_dir, make_launcher, missing_extra, run_job, run_jobs
+from vaitrain.jobs import JobSpec, check_launcher, find_run_dir, make_launcher, missing_extra, run_job, run_jobs
 from vaitrain.track.files import write_text_atomic
 from vaitrain.track.rundir import CKPT_DIR, check_writable, create_unique_dir
 
@@ -324,6 +324,7 @@ def run_search(overrides: Sequence[str], *, progress: Progress | None = None,
     fixed, space, base = plan(overrides)
     settings = base.search
     metric, direction = objective(base)
+    check_launcher(settings)
     if not resuming:
         check_writable(Path(str(base.out_dir)))
         now = _dt.datetime.now()

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vaitrain.config import compose, expand_sweep
 from vaitrain.errors import ConfigError, RunDirError
-from vaitrain.jobs import JobSpec, find_run_dir, make_launcher, one_line, run_jobs
+from vaitrain.jobs import JobSpec, check_launcher, find_run_dir, make_launcher, one_line, run_jobs
 from vaitrain.track.files import write_text_atomic
 from vaitrain.track.rundir import CKPT_DIR, check_writable, create_unique_dir
 
@@ -171,6 +171,7 @@ def run_sweep(
     else:
         planned = plan_sweep(overrides)
         settings = planned[0][1].sweep
+        check_launcher(settings)
         if out_dir is None:
             dirs = {str(cfg.out_dir) for _, cfg in planned}
             if len(dirs) > 1:
