@@ -254,3 +254,33 @@ def test_compare_runs_hides_columns_by_name_when_it_must(tmp_path) -> None:  # t
     assert max(map(len, result.output.splitlines())) <= 120
     assert re.search(r"\(\d+ columns hidden to fit 120 columns: val/acc1\.best_epoch, .*; --wide shows all\)",
                      result.output)
+
+
+# ----- eval / inspect tables --------------------------------------------------------------------------
+def _render(table, width: int) -> str:  # type: ignore[no-untyped-def]
+    from rich.console import Console
+
+    console = Console(width=width, record=True, color_system=None)
+    console.print(table)
+    return console.export_text()
+
+
+def test_a_narrow_table_keeps_its_title_on_one_line() -> None:
+    from vaitrain.cli import _table
+
+    title = "val split (epoch 3, step 24)"
+    out = _render(_table(title, ["metric", "value"], [["val/acc1", 0.25], ["val/loss", 1.5]]), 80)
+    assert title in out.splitlines()[0]
+
+
+def test_numbers_are_never_split_at_80_columns() -> None:
+    from vaitrain.cli import _table
+
+    columns = ["layer", "type", "output shape", "act mean", "act var", "grad norm", "grad rms", "weight var"]
+    rows = [[f"layer{i}.0.conv{i}", "BatchNorm2d", "128x16x32x32", -0.011543 * i, 0.41582, 0.0020123,
+             1.3891e-06 * (i + 1), 0.0123] for i in range(3)]
+    out = _render(_table("at init", columns, rows), 80)
+    assert max(map(len, out.splitlines())) <= 80
+    for row in rows:
+        for v in row[3:]:
+            assert f"{v:.4g}" in out, v

@@ -114,9 +114,16 @@ def one_line_errors(fn: F) -> F:
 
 
 def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
-    table = Table(title=title)
-    for col in columns:
-        table.add_column(col, overflow="fold")
+    # the title stays on one line (a 2-column table is narrower than its title); numbers are never
+    # split across lines: the text columns (layer names, notes) fold instead
+    from rich import box
+
+    wide = len(columns) >= 6  # light rules: 8 columns of numbers fit about 100 columns whole
+    table = Table(title=title, min_width=min(len(title) + 4, console.width),
+                  box=box.SIMPLE_HEAD if wide else box.HEAVY_HEAD, pad_edge=not wide)
+    for i, col in enumerate(columns):
+        numeric = bool(rows) and all(isinstance(r[i], (int, float)) or r[i] in ("", "-", None) for r in rows)
+        table.add_column(col, overflow="fold", no_wrap=numeric, justify="right" if numeric else "left")
     for row in rows:
         table.add_row(*[_cell(v) for v in row])
     return table
@@ -243,7 +250,13 @@ def eval_(
     """Metrics of a run's checkpoint on its validation or test split, with per-class scores."""
     from vaitrain.engine import evaluate_run
 
-    result = evaluate_run(run_dir, checkpoint, list(overrides or []), split=split)
+    from vaitrain.track.progress import for_stderr
+
+    progress = for_stderr()
+    try:
+        result = evaluate_run(run_dir, checkpoint, list(overrides or []), split=split, progress=progress)
+    finally:
+        progress.close()
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return

@@ -1,6 +1,7 @@
 """Validation pass and `vaitrain eval` of a saved run."""
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,23 @@ VAL_SAMPLES = "val/samples"  # TensorBoard tag of the validation sample images
 
 @torch.no_grad()
 def evaluate_model(model: torch.nn.Module, loader: Any, task: Any, precision: str, device: torch.device,
-                   channels_last: bool = False, on_first_batch: Any = None) -> tuple[dict[str, float], Any]:
-    """Metrics of `model` over every batch of `loader` (all-reduced across ranks when distributed)."""
+                   channels_last: bool = False, on_first_batch: Any = None, progress: Any = None,
+                   description: str = "validation") -> tuple[dict[str, float], Any]:
+    """Metrics of `model` over every batch of `loader` (all-reduced across ranks when distributed);
+    `progress` (a track.progress.Progress) shows the pass as `description`."""
     was_training = model.training
     model.eval()
     meter = task.new_meter()
+    with progress.step(description, len(loader)) if progress is not None else nullcontext():
+        _evaluate_batches(model, loader, meter, precision, device, channels_last, on_first_batch, progress)
+    meter.all_reduce()
+    model.train(was_training)
+    result = {k: float(v) for k, v in meter.compute().items()}
+    return result, meter
+
+
+def _evaluate_batches(model: torch.nn.Module, loader: Any, meter: Any, precision: str, device: torch.device,
+                      channels_last: bool, on_first_batch: Any, progress: Any) -> None:
     for i, (x, y) in enumerate(loader):
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -34,14 +47,13 @@ def evaluate_model(model: torch.nn.Module, loader: Any, task: Any, precision: st
         meter.update(out, y)
         if i == 0 and on_first_batch is not None:
             on_first_batch(x, y, out)
-    meter.all_reduce()
-    model.train(was_training)
-    result = {k: float(v) for k, v in meter.compute().items()}
-    return result, meter
+        if progress is not None:
+            progress.advance()
 
 
 def run_validation(model: torch.nn.Module, loader: Any, task: Any, *, precision: str, device: torch.device,
-                   channels_last: bool = False, images: Any = None, step: int = 0) -> dict[str, float]:
+                   channels_last: bool = False, images: Any = None, step: int = 0,
+                   progress: Any = None) -> dict[str, float]:
     """The per-epoch validation pass: metrics as `val/<name>`. With `images` (a TensorBoard
     writer, on the epochs that log them), sample images of the first batch at `step`."""
 
@@ -49,7 +61,7 @@ def run_validation(model: torch.nn.Module, loader: Any, task: Any, *, precision:
         if images is not None:
             task.log_images(images, VAL_SAMPLES, x, y, out, step)
 
-    metrics, meter = evaluate_model(model, loader, task, precision, device, channels_last, first_batch)
+    metrics, meter = evaluate_model(model, loader, task, precision, device, channels_last, first_batch, progress)
     epoch_images = getattr(task, "log_epoch_images", None)
     if images is not None and epoch_images is not None:
         epoch_images(images, meter, step)
@@ -74,7 +86,7 @@ SPLITS = ("val", "test")
 
 
 def evaluate_run(run_dir: Path, checkpoint: str = "best", overrides: list[str] = (),
-                 split: str = "val") -> dict[str, Any]:
+                 split: str = "val", progress: Any = None) -> dict[str, Any]:
     """Metrics of a run's checkpoint on its validation (or test) split, with the normalization it
     trained with; `per_class` holds per-class accuracy (classification) or IoU/Dice (segmentation)."""
     if split not in SPLITS:
@@ -93,7 +105,8 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", overrides: list[str] =
     if cfg.trainer.channels_last:
         c.model.to(memory_format=torch.channels_last)
     loader = c.data.test if split == "test" else c.data.val
-    metrics, meter = evaluate_model(c.model, loader, c.task, precision, device, bool(cfg.trainer.channels_last))
+    metrics, meter = evaluate_model(c.model, loader, c.task, precision, device, bool(cfg.trainer.channels_last),
+                                    progress=progress, description=f"evaluating {path.name} on {split}")
     found = {f"{split}/{k}": v for k, v in metrics.items()}
     per_class = per_class_of(c.task, meter)
     if "ema" in state:  # trainer.ema: the weight average too (best.pt was chosen on it)

@@ -196,7 +196,7 @@ class Trainer:
                     val = run_validation(
                         self.model, self.parts.data.val, self.task, precision=self.precision,
                         device=self.device, channels_last=bool(self.cfg.trainer.channels_last),
-                        images=records.image_writer(self.epoch), step=self.step,
+                        images=records.image_writer(self.epoch), step=self.step, progress=records.progress,
                     )
                     if self.ema is not None:
                         val.update(self._validate_ema())
