@@ -96,8 +96,8 @@ def test_every_optimizer_schedule_task_and_family_builds():
     for family in registry.MODELS:
         assert callable(registry.MODELS.load(family))
     # the dataset registry lists exactly the sources its modules register, each in the module named
-    import vaitrain.data  # noqa: F401  (imports every source module)
-
+    for name in registry.DATASETS:
+        registry.resolve(str(registry.DATASETS.entry(name).target))
     assert set(SOURCES) == set(registry.DATASETS.names)
     for name, entry in SOURCES.items():
         assert entry.builder.__module__ == registry.DATASETS.entry(name).target, name
@@ -125,13 +125,19 @@ def test_a_registered_family_is_built():
     cfg = OmegaConf.create({"family": "tiny", "init": "he", "init_dist": "normal"})
     registry.MODELS.register("tiny", f"{__name__}:build_tiny")
     try:
+        from vaitrain.schema.model import ModelConfig
+        from vaitrain.schema.root import family_schema
+
+        schema = family_schema("tiny")  # no keys of its own: the common ModelConfig, family set
+        assert issubclass(schema, ModelConfig) and schema().family == "tiny" and schema().act == "relu"
         model = build_model(cfg, None, in_channels=3, num_outputs=5, image_size=8)
         assert model(torch.zeros(2, 3, 8, 8)).shape == (2, 5)
         assert model.fc.weight.std().item() == pytest.approx((2 / 192) ** 0.5, rel=0.15)  # he init ran
     finally:
         registry.MODELS.unregister("tiny")
-    with pytest.raises(ConfigError, match="model family 'tiny' is unknown; known: densenet, plain"):
+    with pytest.raises(ConfigError, match="^model family 'tiny' is unknown; known: ") as err:
         build_model(cfg, None, in_channels=3, num_outputs=5, image_size=8)
+    assert str(err.value).split("known: ")[1].split(", ") == sorted(registry.MODELS)
 
 
 def test_layers_point_down():

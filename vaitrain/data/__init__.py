@@ -17,6 +17,7 @@ from vaitrain.data.augment import AugmentSpec
 from vaitrain.data.mix import MixSpec
 from vaitrain.data.loader import DeviceLoader, StreamLoader, TensorDataset, Transform, iterate_raw
 from vaitrain.data.stats import check_stats, chunks, image_stats, target_stats
+from vaitrain import registry
 from vaitrain.errors import ConfigError, DataError
 
 __all__ = ["DataBundle", "build_data", "list_datasets"]
@@ -42,7 +43,8 @@ class DataBundle:
 
 
 def list_datasets() -> list[str]:
-    return sorted(SOURCES)
+    """The registered dataset names (vaitrain/registry.py; each module registers its builder)."""
+    return sorted(registry.DATASETS.names)
 
 
 def build_data(data_cfg: Any, task_name: str, *, device: Any, batch_size: int, val_batch_size: int, seed: int,

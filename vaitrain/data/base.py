@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from vaitrain import registry
 from vaitrain.errors import ConfigError
 
 # Above this many bytes of decoded uint8 data, data.device_resident=auto streams instead.
@@ -80,6 +81,8 @@ def register(name: str, tasks: tuple[str, ...]) -> Callable[[Builder], Builder]:
 
 
 def check_task(name: str, task: str) -> Entry:
+    if name not in SOURCES and name in registry.DATASETS:  # its module registers the source on import
+        registry.resolve(str(registry.DATASETS.entry(name).target))
     if name not in SOURCES:
         from vaitrain.errors import closest_first
 

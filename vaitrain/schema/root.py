@@ -1,13 +1,13 @@
 """The root config and the registration of every group's schema in Hydra's ConfigStore."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
-from vaitrain.schema.data import DataConfig
 from vaitrain import registry
+from vaitrain.schema.data import DataConfig
 from vaitrain.schema.model import ModelConfig
 from vaitrain.schema.optim import OptimConfig, SchedConfig
 from vaitrain.schema.search import SearchConfig, SweepConfig
@@ -17,9 +17,20 @@ from vaitrain.schema.trainer import BenchConfig, NormConfig, TrainerConfig
 # Schema nodes are stored under names starting with "schema_" so they never show as choices.
 SCHEMA_PREFIX = "schema_"
 
+
+
+def family_schema(family: str) -> type:
+    """The schema of a model family: its own dataclass (registry entry's `schema`), or for a family
+    without keys of its own the common ModelConfig with `family` set."""
+    schema = registry.MODELS.entry(family).schema
+    if schema:
+        return registry.resolve(schema)
+    return make_dataclass(f"{family.title()}Config", [("family", str, family)], bases=(ModelConfig,))
+
+
 GROUP_SCHEMAS: dict[str, dict[str, type]] = {
     # one schema per model family, as registry.MODELS lists them (YAML: `defaults: [schema_<family>]`)
-    "model": {family: registry.resolve(registry.MODELS.entry(family).schema or "") for family in registry.MODELS},
+    "model": {family: family_schema(family) for family in registry.MODELS},
     "data": {"data": DataConfig},
     "task": {"task": TaskConfig},
     "optim": {"optim": OptimConfig},
