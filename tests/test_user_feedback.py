@@ -284,3 +284,39 @@ def test_numbers_are_never_split_at_80_columns() -> None:
     for row in rows:
         for v in row[3:]:
             assert f"{v:.4g}" in out, v
+
+
+# ----- threads ----------------------------------------------------------------------------------------
+def test_oversubscription_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from vaitrain.engine import threads
+
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(threads, "other_vaitrain_runs", lambda: 0)
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (6.5, 6.0, 5.0))
+    hint = threads.oversubscription_hint(torch.device("cpu"), 0)
+    assert hint is not None and "load average 6.5 on 2 cores" in hint and "trainer.threads=1" in hint
+    assert threads.oversubscription_hint(torch.device("cpu"), 1) is None  # threads chosen: no hint
+    assert threads.oversubscription_hint(torch.device("cuda"), 0) is None
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.5, 0.5, 0.5))
+    assert threads.oversubscription_hint(torch.device("cpu"), 0) is None  # an idle machine
+    monkeypatch.setattr(threads, "other_vaitrain_runs", lambda: 2)
+    assert "2 other vaitrain runs" in threads.oversubscription_hint(torch.device("cpu"), 0)
+
+
+def test_other_runs_are_found_in_proc() -> None:
+    import subprocess
+    import sys
+
+    from vaitrain.engine.threads import other_vaitrain_runs
+
+    before = other_vaitrain_runs()
+    # a process whose argv looks like `.../vaitrain train` (sleeping, so it costs nothing)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "/x/bin/vaitrain", "train"])
+    try:
+        time.sleep(0.2)
+        assert other_vaitrain_runs() == before + 1
+    finally:
+        child.kill()
+        child.wait()

@@ -197,8 +197,15 @@ def start_summary(cfg: DictConfig, run_dir: Path, *, params: int, data: Any, dev
     where = f"{world_size} x {device}" if world_size > 1 else str(device)
     return ("" if resumed else f"run {run_dir}\n") + (
             f"{cfg.model.name} ({params / 1e6:.2f} M params), {cfg.task.name} on {rundir.data_label(cfg).split('-')[0]}: "
-            f"{sizes} images at {data.image_size} px; {cfg.trainer.epochs} epochs x {steps} steps of "
-            f"{cfg.trainer.batch_size}; {cfg.optim.name}, {where}, {precision}")
+            f"{sizes} images at {data.image_size} px; {cfg.trainer.epochs} epoch{'s' if int(cfg.trainer.epochs) != 1 else ''} x {steps} steps of "
+            f"{cfg.trainer.batch_size}; {cfg.optim.name}, {where}, {precision}") + _loss_note(cfg)
+
+
+def _loss_note(cfg: DictConfig) -> str:
+    if str(cfg.task.name) == "regression" and str(cfg.task.get("head", "plain")) != "plain":
+        return ("\nval/loss is the NLL of the standardized targets (what is minimized); val/nll the same NLL "
+                "in the targets' units")
+    return ""
 
 
 def _summary(metrics: Mapping[str, float], main_metric: str) -> dict[str, float]:

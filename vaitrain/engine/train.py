@@ -31,6 +31,7 @@ from vaitrain.engine.resume import plan_resume, record_resume
 from vaitrain.engine.records import EPOCH_TIME, LR, THROUGHPUT, TRAIN_LOSS, Records, start_summary
 from vaitrain.data.info import describe
 from vaitrain.engine.start import write_start_record
+from vaitrain.engine.threads import oversubscription_hint
 from vaitrain.engine.step import MIN_LOSS_SCALE, OptimizerStep, check_finite, mean_over_ranks
 from vaitrain.track import rundir
 
@@ -182,6 +183,9 @@ class Trainer:
             records.progress.line(start_summary(
                 self.cfg, self.run_dir, params=self.params, data=self.parts.data, device=self.device,
                 precision=self.precision, world_size=self.ctx.world_size, resumed=self.resume_state is not None))
+            hint = oversubscription_hint(self.device, int(self.cfg.trainer.threads)) if self.ctx.is_main else None
+            if hint:
+                records.progress.line(hint)
             for note in self.parts.data.notes:  # e.g. images shrunk by more than 2x
                 records.progress.line(note)
             with stop.installed():
