@@ -90,18 +90,21 @@ def _pickled_global(path: Path) -> str | None:
     import pickletools
 
     strings: list[str] = []
+    found: list[str] = []
     try:
         with open(path, "rb") as f:
             for op, arg, _ in pickletools.genops(f):
                 if op.name == "GLOBAL":
-                    return str(arg).replace(" ", ".")
-                if op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                    return f"{strings[-2]}.{strings[-1]}"
-                if isinstance(arg, str):
+                    found.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
                     strings.append(arg)
-    except Exception:  # a damaged stream: no global found before the damage
-        return None
-    return None
+    except Exception:  # a damaged stream: the globals found before the damage
+        pass
+    # torch's rebuild functions, OrderedDict and the bytes helpers are in any state_dict: the others first
+    suspects = [g for g in found if g.split(".")[0] not in ("torch", "collections", "_codecs", "copyreg")]
+    return (suspects or found or [None])[0]
 
 
 def check_task(path: Path, state: dict[str, Any], task: str) -> None:

@@ -78,14 +78,15 @@ def plan_resume(cfg: DictConfig, state: dict[str, Any], run_dir: Path) -> Resume
             )
         changes.append(f"{key}: {old[key]} -> {new[key]}")
     epochs = int(cfg.trainer.epochs)
-    if done >= epochs and not mid_epoch:
-        if done >= planned:
-            raise RunDirError(
-                f"run {run_dir} is complete: it trained all {done} epochs, nothing is left to resume; to train "
-                f"longer, resume with trainer.epochs=N (N > {done}); the added epochs get a new "
-                f"{cfg.sched.name} cycle (see README, 'Resume rules')"
-            )
-        raise ConfigError(f"trainer.epochs={epochs}: the run already trained {done} epochs; give more, or none")
+    if epochs < done:
+        raise ConfigError(f"trainer.epochs={epochs}: the run already trained {done} epochs; to train longer, "
+                          f"give trainer.epochs=N (N > {done})")
+    if epochs == done and not mid_epoch and epochs >= planned:
+        raise RunDirError(
+            f"run {run_dir} is complete: it trained all {done} epochs, nothing is left to resume; to train "
+            f"longer, resume with trainer.epochs=N (N > {done}); the added epochs get a new "
+            f"{cfg.sched.name} cycle (see README, 'Resume rules')"
+        )
     if epochs < planned:
         raise ConfigError(
             f"trainer.epochs={epochs} is fewer than the {planned} the run was planned for (its schedule is); "
