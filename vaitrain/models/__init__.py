@@ -4,7 +4,7 @@ the loop or the config files: they are built from plain values.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from torch import nn
 
@@ -12,8 +12,12 @@ from vaitrain import registry
 from vaitrain.errors import ConfigError
 from vaitrain.models.layers import collect_group_norm_errors, init_weights
 
+if TYPE_CHECKING:
+    from vaitrain.schema.model import ModelConfig
+    from vaitrain.schema.trainer import NormConfig
 
-def build_model(model_cfg: Any, norm_cfg: Any, *, in_channels: int, num_outputs: int,
+
+def build_model(model_cfg: ModelConfig, norm_cfg: NormConfig | None, *, in_channels: int, num_outputs: int,
                 image_size: int, dense: bool = False) -> nn.Module:
     """Build and initialize the model a config describes.
 

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +22,10 @@ from vaitrain.optim.optimizers import build_optimizer
 from vaitrain.optim.schedules import Schedule, build_scheduler
 
 OPTIMIZERS = registry.OPTIMIZERS.names
+
+if TYPE_CHECKING:
+    from vaitrain.schema.optim import OptimConfig, SchedConfig
+    from vaitrain.tasks.base import Task
 
 
 @dataclass
@@ -37,7 +41,7 @@ def _no_op() -> None:
     return None
 
 
-def build_optimization(optim_cfg: Any, sched_cfg: Any, model: nn.Module, task: Any, *,
+def build_optimization(optim_cfg: OptimConfig, sched_cfg: SchedConfig, model: nn.Module, task: Task, *,
                        steps_per_epoch: int, epochs: int) -> Optimization:
     """Optimizer, per-step schedule, objective and after-step hook for `model` on `task`."""
     name = str(optim_cfg.name)
