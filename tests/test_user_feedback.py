@@ -320,3 +320,18 @@ def test_other_runs_are_found_in_proc() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_interrupted_sweep_summary_counts_states_and_says_how_to_resume(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from vaitrain import sweep
+
+    def fake_run_sweep(overrides, progress=None):  # type: ignore[no-untyped-def]
+        jobs = [sweep.SweepJob(0, ["optim=sgd"], "completed"), sweep.SweepJob(1, ["optim=adam"], "stopped"),
+                sweep.SweepJob(2, ["optim=adamw"], "interrupted"), sweep.SweepJob(3, ["optim=alrao"], "interrupted")]
+        return sweep.SweepResult(tmp_path / "sw", list(overrides), jobs, interrupted=True)
+
+    monkeypatch.setattr(sweep, "run_sweep", fake_run_sweep)
+    result = CliRunner().invoke(app, ["train", "-m", "optim=sgd,adam,adamw,alrao"])
+    assert result.exit_code == 130
+    assert f"sweep: 4 jobs (1 completed, 1 stopped, 2 interrupted); {tmp_path / 'sw' / 'sweep.json'}" in result.output
+    assert f"continue with: vaitrain train -m resume={tmp_path / 'sw'}" in result.output

@@ -204,7 +204,11 @@ def sweep_main(overrides: list[str]) -> None:
     if result.run_dirs:
         typer.echo(render(compare_paths(result.run_dirs).comparison, "table", _terminal_width()))
     failed = result.failed
-    typer.echo(f"sweep: {len(result.jobs)} jobs, {len(failed)} failed; {result.sweep_dir / SWEEP_FILE}")
+    counts: dict[str, int] = {}
+    for job in result.jobs:  # completed, stopped (a signal in the job), interrupted (never ran), failed
+        counts[job.status] = counts.get(job.status, 0) + 1
+    states = ", ".join(f"{n} {status}" for status, n in counts.items())
+    typer.echo(f"sweep: {len(result.jobs)} jobs ({states}); {result.sweep_dir / SWEEP_FILE}")
     for job in failed:
         typer.echo(f"job{job.index:02d} ({' '.join(job.overrides)}) failed: {job.error}", err=True)
     if result.interrupted or failed:
