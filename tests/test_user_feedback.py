@@ -335,3 +335,24 @@ def test_interrupted_sweep_summary_counts_states_and_says_how_to_resume(tmp_path
     assert result.exit_code == 130
     assert f"sweep: 4 jobs (1 completed, 1 stopped, 2 interrupted); {tmp_path / 'sw' / 'sweep.json'}" in result.output
     assert f"continue with: vaitrain train -m resume={tmp_path / 'sw'}" in result.output
+
+
+def test_a_run_off_a_terminal_says_what_it_prepares_and_trains(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from vaitrain.track import progress
+
+    monkeypatch.setattr(progress, "QUIET_S", 0.0)  # every step counts as long here
+    monkeypatch.setattr(progress.Progress.__init__, "__defaults__", ("auto", True))
+    monkeypatch.setattr(progress.Progress.__init__, "__kwdefaults__",
+                        {"stream": "stdout", "quiet_s": 0.0, "every_s": 0.05, "done_lines": True})
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["train", "data.num_train=32", "data.num_val=16", "trainer.batch_size=8",
+                                      "trainer.epochs=1", "trainer.threads=1", "model=plain_mlp", "trainer.progress=plain"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "preparing the shapes data and plain_mlp: started" in out
+    assert re.search(r"^run runs/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d-plain_mlp-shapes-cls-[0-9a-f]{6}$", out, re.M)
+    assert re.search(r"plain_mlp \(\d\.\d\d M params\), classification on shapes: 32 train / 16 val images at 32 px; "
+                     r"1 epoch x 4 steps of 8; adam, cpu, fp32", out)
+    assert "train 1/1: started (4 steps)" in out
+    assert "train 1/1: done" not in out  # the epoch line follows instead
+    assert re.search(r"^done: .*  val/acc1=[\d.]+  val/loss=[\d.]+$", out, re.M)

@@ -47,7 +47,7 @@ class Records:
         self._per_step_at = -1  # the last step whose per-step scalars went to TensorBoard
         self.run_dir = run_dir
         self.main = main
-        self.progress = Progress(cfg.trainer.progress, enabled=main)
+        self.progress = Progress(cfg.trainer.progress, enabled=main, done_lines=False)  # epoch lines say it
         self.tb: Any = None  # TBWriter, once opened (main rank)
         self.log: MetricsLog | None = None
         self._elapsed_before = elapsed  # a resumed run's clock goes on from its checkpoint

@@ -34,6 +34,7 @@ from vaitrain.engine.start import write_start_record
 from vaitrain.engine.threads import oversubscription_hint
 from vaitrain.engine.step import MIN_LOSS_SCALE, OptimizerStep, check_finite, mean_over_ranks
 from vaitrain.track import rundir
+from vaitrain.track.progress import Progress
 
 __all__ = ["MIN_LOSS_SCALE", "RunResult", "Trainer", "train"]
 
@@ -82,9 +83,14 @@ class Trainer:
         # resume rules: a completed run, a shrunk plan or a changed model/data/... is refused here
         self.plan = plan_resume(cfg, self.resume_state, self.store.folder.parent) if self.resume_state else None
         stats = self.resume_state.get("data_stats") if self.resume_state else None
-        self.parts = build_components(cfg, self.device, stats=stats, rank=self.ctx.rank,
-                                      world_size=self.ctx.world_size, start=self.resume_state is None,
-                                      test=bool(cfg.trainer.test_at_end))
+        preparing = Progress(cfg.trainer.progress, enabled=self.ctx.is_main)  # data generation/decoding
+        try:
+            with preparing.step(f"preparing the {rundir.data_label(cfg).split('-')[0]} data and {cfg.model.name}"):
+                self.parts = build_components(cfg, self.device, stats=stats, rank=self.ctx.rank,
+                                              world_size=self.ctx.world_size, start=self.resume_state is None,
+                                              test=bool(cfg.trainer.test_at_end))
+        finally:
+            preparing.close()
         self.data_info = describe(self.parts.data, cfg.data)
         self.model = self.parts.model
         self.task = self.parts.task

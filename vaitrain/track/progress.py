@@ -40,7 +40,7 @@ class Progress:
     """
 
     def __init__(self, mode: str = "auto", enabled: bool = True, *, stream: str = "stdout",
-                 quiet_s: float = QUIET_S, every_s: float = PLAIN_EVERY_S) -> None:
+                 quiet_s: float = QUIET_S, every_s: float = PLAIN_EVERY_S, done_lines: bool = True) -> None:
         self._stream_name = stream
         out = self._out()
         if mode == "auto":
@@ -48,6 +48,7 @@ class Progress:
         self.mode = mode if enabled else "none"
         self.quiet_s = quiet_s
         self.every_s = every_s
+        self.done_lines = done_lines  # off a terminal, "<step>: done in m:ss" (False: a summary line follows)
         self._progress: Any = None
         self._task: Any = None
         self._info: dict[str, Any] = {}
@@ -98,7 +99,7 @@ class Progress:
             self._timer.join()
             self._timer = None
             with self._lock:
-                if self._announced:
+                if self._announced and self.done_lines:
                     self._print(f"{self._desc}: done in {_clock(time.monotonic() - self._t0)}")
 
     @contextmanager
@@ -175,7 +176,8 @@ class Progress:
                     if self._total and self._done:
                         rest = f"  ~{_clock(elapsed / self._done * (self._total - self._done))} left"
                     info = f"  {_fmt(self._info)}" if self._info else ""
-                    self._print(f"{self._desc}: {count}{info}  {_clock(elapsed)} elapsed{rest}")
+                    done = f"{count}{info}  " if self._total is not None or self._done else ""
+                    self._print(f"{self._desc}: {done}{_clock(elapsed)} elapsed{rest}")
                 self._next_line = now + self.every_s
 
 
