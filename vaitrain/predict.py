@@ -283,7 +283,8 @@ class _SegWriter:
                 full = load_image(path, mode, 0).float() / 255
                 if full.shape[0] == 1:
                     full = full.repeat(3, 1, 1)
-                blended = draw.overlay(full, mask, colours)
+                # classes in colour over the image; background (class 0) left as it is
+                blended = torch.where(mask.bool(), draw.overlay(full, mask, colours), full)
                 arr = (blended.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
                 over = self.out / f"{stem}.overlay.png"
                 Image.fromarray(np.ascontiguousarray(arr)).save(over)
