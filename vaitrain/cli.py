@@ -341,8 +341,19 @@ def bench(
     bench.baseline=torchvision|bare a baseline side by side. A model that fails gets a row saying why."""
     from vaitrain.bench import notes, run_bench, tables
 
-    report = run_bench(list(overrides or []), multirun=multirun, out=str(out) if out else None,
-                       progress=lambda line: typer.echo(line, err=True))
+    from vaitrain.track.progress import for_stderr
+
+    progress = for_stderr()
+
+    def next_job(line: str) -> None:  # a job's line, then a spinner (plain lines off a terminal) while it runs
+        progress.finish()
+        progress.line(line)
+        progress.start(f"benchmarking {line.split(':', 1)[0]}")
+
+    try:
+        report = run_bench(list(overrides or []), multirun=multirun, out=str(out) if out else None, progress=next_job)
+    finally:
+        progress.close()
     for title, columns, rows in tables(report):
         console.print(_table(title, columns, rows))
     for line in notes(report):
