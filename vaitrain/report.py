@@ -69,14 +69,14 @@ def fmt(value: Any) -> str:
 
 def table_html(columns: Sequence[str], rows: Sequence[Sequence[Any]], cls: str = "") -> str:
     """A table; a float cell carries its exact value in data-value (what the tests compare)."""
-    out = [f'<table class="{cls}"><thead><tr>' + "".join(f"<th>{esc(c)}</th>" for c in columns) + "</tr></thead><tbody>"]
+    out = [f'<div class="scroll"><table class="{cls}"><thead><tr>' + "".join(f"<th>{esc(c)}</th>" for c in columns) + "</tr></thead><tbody>"]
     for row in rows:
         cells = []
         for v in row:
             attr = f' data-value="{v!r}"' if isinstance(v, float) else ""
             cells.append(f"<td{attr}>{esc(fmt(v))}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
-    out.append("</tbody></table>")
+    out.append("</tbody></table></div>")
     return "".join(out)
 
 
@@ -119,7 +119,7 @@ def curves_png(runs: Sequence[Run], tag: str, keys: Sequence[str]) -> bytes | No
         return None
     if values and min(values) > 0 and max(values) / min(values) > 30:
         ax.set_yscale("log")
-    ax.set_title(f"{tag} ({metric_mode(tag)} is better)")
+    ax.set_title(f"{tag} ({metric_mode(tag)} is better)" if tag.startswith(("val", "test")) else tag)
     ax.set_xlabel("epoch" if by_epoch else "step")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
@@ -251,7 +251,8 @@ th{background:#eee}td:first-child{text-align:left}
 img{max-width:100%;border:1px solid #ddd;margin:4px 0}
 .claim{background:#eef6ee;border-left:4px solid #4a4;padding:0.4em 0.8em;margin:0.5em 0}
 .contradicted{background:#fbeaea;border-left:4px solid #c33}
-.small{color:#666;font-size:0.85em}"""
+.small{color:#666;font-size:0.85em}
+.scroll{overflow-x:auto}.grid{display:flex;flex-wrap:wrap;gap:6px}.grid img{max-width:49%}"""
 
 
 @dataclass
@@ -296,7 +297,7 @@ def run_sections(runs: Sequence[Run], comp: Comparison) -> list[Section]:
     sections.append(Section("Best and final metrics", table_html(cols, [[row.get(c) for c in cols] for row in comp.rows], "metrics")))
     curves = [img_tag(png, f"curve {tag}") for tag in curve_tags(runs) if (png := curves_png(runs, tag, keys))]
     if curves:
-        sections.append(Section("Curves", "".join(curves)))
+        sections.append(Section("Curves", '<div class="grid">' + "".join(curves) + "</div>"))
     for run in runs:
         parts = []
         for tag, step, png in tb_images(run):
