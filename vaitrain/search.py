@@ -410,6 +410,10 @@ def run_search(overrides: Sequence[str], *, progress: Progress | None = None,
 
     try:
         result.interrupted = bool(run_jobs(launcher, next_job, on_start, on_done))
+    except optuna.exceptions.StorageInternalError as err:  # the database went away, is read-only, ...
+        cause = " ".join(str(err.__cause__ or err).split())[:160]
+        raise RunDirError(f"the study's storage {url} failed ({cause}); the trials' runs are in {folder}; "
+                          f"once it works again continue with: vaitrain search resume={folder}") from None
     finally:
         heart.close()
     result.trials = _rows(study, direction)

@@ -168,10 +168,11 @@ def run_sweep(
         pending = [j for j in result.jobs if j.status != "completed"]
         settings = compose([*(pending[0].overrides if pending else []),
                             *[o for o in overrides if o.startswith("sweep.")]]).sweep
+        check_launcher(settings)
     else:
         planned = plan_sweep(overrides)
         settings = planned[0][1].sweep
-        check_launcher(settings)
+        check_launcher(settings)  # before the sweep folder is made
         if out_dir is None:
             dirs = {str(cfg.out_dir) for _, cfg in planned}
             if len(dirs) > 1:
@@ -194,16 +195,28 @@ def run_sweep(
     return result
 
 
+def _swept(result: SweepResult, job: SweepJob) -> list[str]:
+    """The job's overrides that differ between the jobs (the rest is the same for every job)."""
+    common = set.intersection(*(set(j.overrides) for j in result.jobs)) if len(result.jobs) > 1 else set()
+    return [o for o in job.overrides if o not in common] or job.overrides
+
+
 def _announce(result: SweepResult, job: SweepJob, progress: Progress | None) -> None:
-    if progress:  # only the swept values: the rest is the same for every job
-        common = set.intersection(*(set(j.overrides) for j in result.jobs)) if len(result.jobs) > 1 else set()
-        swept = [o for o in job.overrides if o not in common] or job.overrides
-        progress(f"sweep job {job.index + 1}/{len(result.jobs)}: {' '.join(swept)}")
+    if progress:
+        progress(f"sweep job {job.index + 1}/{len(result.jobs)}: {' '.join(_swept(result, job))}")
 
 
-def _tag(job: SweepJob, cfg: DictConfig) -> tuple[str, str]:
+def _tag(job: SweepJob, cfg: DictConfig, swept: Sequence[str] = ()) -> tuple[str, str]:
+    """(the tag that finds the job's run directory, its name): the name carries the swept values
+    before the tag, so run directories and TensorBoard's run list read `sgd_group_job01`
+    (`model.act=relu` -> `act_relu`), cut to fit the run directory name."""
     tag = f"job{job.index:02d}"
-    return tag, f"{cfg.name}-{tag}" if cfg.get("name") else tag
+    values = "_".join(v if "." not in k else f"{k.rsplit('.', 1)[1]}_{v}"
+                      for k, _, v in (o.lstrip("+~").partition("=") for o in swept if "=" in o))
+    prefix = f"{cfg.name}-" if cfg.get("name") else ""
+    room = 40 - len(prefix) - len(tag) - 1  # run directory names keep 40 characters of the name
+    values = "".join(c if c.isalnum() or c in "_." else "_" for c in values)[:max(room, 0)].strip("_.")
+    return tag, prefix + (f"{values}_{tag}" if values else tag)
 
 
 def _run_in_process(result: SweepResult, started: str, work: list[tuple[SweepJob, tuple[list[str], DictConfig]]],
@@ -214,7 +227,7 @@ def _run_in_process(result: SweepResult, started: str, work: list[tuple[SweepJob
         from vaitrain.engine import train as train_fn
     sweep_dir = result.sweep_dir
     for job, (job_overrides, cfg) in work:
-        tag, name = _tag(job, cfg)
+        tag, name = _tag(job, cfg, _swept(result, job))
         job.status, job.started_at = "running", time.time()
         _write(result, started)
         _announce(result, job, progress)
@@ -262,7 +275,7 @@ def _run_in_processes(result: SweepResult, started: str, work: list[tuple[SweepJ
         if not queue:
             return None
         job, (job_overrides, cfg) = queue.pop(0)
-        _, name = _tag(job, cfg)
+        _, name = _tag(job, cfg, _swept(result, job))
         return job, JobSpec(list(job_overrides), str(sweep_dir), name)
 
     def on_start(job: SweepJob, _running: object) -> None:
