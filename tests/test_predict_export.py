@@ -186,3 +186,17 @@ def test_export_refusals_write_nothing(runs, tmp_path, monkeypatch):
     assert len(r.stderr.strip().splitlines()) == 1 and not list(tmp_path.glob(".m.pt*"))
     r = CliRunner().invoke(app, ["export", str(runs["cls"]), "--format", "tflite", "--out", str(out)])
     assert r.exit_code == 2 and "onnx, torchscript" in r.stderr
+
+
+def test_a_model_torch_cannot_trace_says_why(tmp_path, one_thread):
+    """U-Net with max-unpooling: torch.jit.trace refuses MaxUnpool2d's index check (torch 2.14)."""
+    cfg, ov = prepare([*COMMON, *RUNS["seg"], "model.up=maxunpool", f"out_dir={tmp_path}"])
+    run = train(cfg, ov).run_dir
+    out = tmp_path / "unet.pt"
+    try:
+        r = export_run(run, "torchscript", out)
+    except Exception as err:
+        assert "cannot be exported to TorchScript" in str(err) and "try --format onnx" in str(err)
+        assert "\n" not in str(err) and not out.exists() and not list(tmp_path.glob(".unet.pt*"))
+    else:  # a torch whose tracer handles it: then the file must match
+        assert r.max_abs_diff < 1e-4

@@ -122,7 +122,8 @@ def _torchscript(model: nn.Module, example: Tensor, path: Path) -> None:
             traced = torch.jit.trace(model, example, check_trace=False)
             torch.jit.save(traced, str(path))
     except Exception as err:
-        raise ExportError(f"{type(_inner(model)).__name__} cannot be exported to TorchScript: {_first(err)}") from None
+        raise ExportError(f"{type(_inner(model)).__name__} cannot be exported to TorchScript (torch.jit.trace: "
+                          f"{_first(err)}); try --format onnx") from None
 
 
 def _onnx(model: nn.Module, example: Tensor, path: Path) -> None:
@@ -137,7 +138,8 @@ def _onnx(model: nn.Module, example: Tensor, path: Path) -> None:
             torch.onnx.export(model, (example,), str(path), dynamo=True, dynamic_shapes=({0: batch},),
                               input_names=["image"], output_names=["output"], verbose=False)
     except Exception as err:
-        raise ExportError(f"{type(_inner(model)).__name__} cannot be exported to ONNX: {_first(err)}") from None
+        raise ExportError(f"{type(_inner(model)).__name__} cannot be exported to ONNX (torch.onnx.export: "
+                          f"{_first(err)}); try --format torchscript") from None
 
 
 def _run_exported(fmt: str, path: Path, x: Tensor) -> tuple[Tensor | None, str]:

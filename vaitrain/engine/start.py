@@ -43,7 +43,12 @@ def start_weights(cfg: Any, net: nn.Module) -> LoadReport | None:
 
         path = init_checkpoint(str(init_from))
         state = load_checkpoint(path)
-        return load_weights(net, {k: v for k, v in state["model"].items()}, str(path))
+        weights = state["model"]
+        if "ema" in state:  # trainer.ema: the average is what best.pt was chosen on
+            from vaitrain.engine.ema import ema_weights
+
+            weights = ema_weights(state["ema"])
+        return load_weights(net, dict(weights), str(path))
     return None
 
 
