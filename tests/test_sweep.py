@@ -62,11 +62,13 @@ def test_job_count_and_layout(tmp_path: Path) -> None:
     assert res.sweep_dir.parent == out / dt.date.today().strftime("%Y-%m-%d")
     assert re.fullmatch(r"\d\d-\d\d-\d\d-sweep-[0-9a-f]{6}", res.sweep_dir.name)
     assert sorted(p.name for p in res.sweep_dir.iterdir() if p.is_file()) == [SWEEP_FILE]
-    runs = sorted(p for p in res.sweep_dir.iterdir() if p.is_dir())
+    runs = sorted((p for p in res.sweep_dir.iterdir() if p.is_dir()), key=lambda p: p.name.split("_job")[1])
     assert len(runs) == 4 and res.run_dirs == runs
-    assert [f"-job{i:02d}-" in p.name for i, p in enumerate(runs)] == [True] * 4
+    assert [f"_job{i:02d}-" in p.name for i, p in enumerate(runs)] == [True] * 4
     assert {(c["out_dir"], c["dated"]) for c in fake.calls} == {(res.sweep_dir, False)}
-    assert [c["name"] for c in fake.calls] == [f"job{i:02d}" for i in range(4)]
+    # the names carry the swept values (shown as TensorBoard's run names too)
+    assert [c["name"] for c in fake.calls] == ["sgd_batch_job00", "sgd_group_job01", "adam_batch_job02",
+                                               "adam_group_job03"]
     # the Cartesian product, each job's own overrides, recorded with status and run dir
     doc = _doc(res.sweep_dir)
     assert doc["overrides"] == ["optim=sgd,adam", "norm=batch,group", "trainer.epochs=1"]
@@ -105,7 +107,7 @@ def test_failing_job_is_recorded_and_the_rest_go_on(tmp_path: Path) -> None:
     doc = _doc(res.sweep_dir)
     assert doc["jobs"][1]["status"] == "failed" and "non-finite" in doc["jobs"][1]["error"]
     # the failed job's run dir (made before it failed) is still found and listed
-    assert doc["jobs"][1]["run_dir"] and "-job01-" in doc["jobs"][1]["run_dir"]
+    assert doc["jobs"][1]["run_dir"] and "_job01-" in doc["jobs"][1]["run_dir"]
     assert len(res.run_dirs) == 3
 
 
@@ -139,7 +141,7 @@ def test_named_sweep_progress_lines_and_failed_job_dir(tmp_path: Path) -> None:
     lines: list[str] = []
     fake = FakeTrain(fail_when={"seed": 2})
     res = run_sweep(["name=cmp", "seed=1,2"], train_fn=fake, out_dir=tmp_path, progress=lines.append)
-    assert [c["name"] for c in fake.calls] == ["cmp-job00", "cmp-job01"]
+    assert [c["name"] for c in fake.calls] == ["cmp-seed_1_job00", "cmp-seed_2_job01"]
     # the engine's slug turns the name's '-' into '_': the failed job's dir is still found
     assert res.jobs[1].status == "failed" and "_job01-" in res.jobs[1].run_dir
     assert (res.sweep_dir / res.jobs[1].run_dir).is_dir()

@@ -90,7 +90,7 @@ def test_a_killed_job_is_recorded_ctrl_c_stops_all_and_the_sweep_resumes(tmp_pat
                             stderr=subprocess.PIPE, start_new_session=True)
 
     def checkpointed(tag: str) -> Path | None:
-        found = [p for p in out.glob(f"*/*-sweep-*/*-{tag}-*") if (p / "checkpoints" / "last.pt").is_file()]
+        found = [p for p in out.glob(f"*/*-sweep-*/*{tag}-*") if (p / "checkpoints" / "last.pt").is_file()]
         return found[0] if found else None
 
     # SIGKILL job00's process after its first checkpoint: recorded as failed, the sweep goes on

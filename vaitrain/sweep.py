@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from vaitrain.config import compose, expand_sweep
+from vaitrain.config import GROUPS, compose, expand_sweep
 from vaitrain.errors import ConfigError, RunDirError
 from vaitrain.jobs import JobSpec, check_launcher, find_run_dir, make_launcher, one_line, run_jobs
 from vaitrain.track.files import write_text_atomic
@@ -211,7 +211,7 @@ def _tag(job: SweepJob, cfg: DictConfig, swept: Sequence[str] = ()) -> tuple[str
     before the tag, so run directories and TensorBoard's run list read `sgd_group_job01`
     (`model.act=relu` -> `act_relu`), cut to fit the run directory name."""
     tag = f"job{job.index:02d}"
-    values = "_".join(v if "." not in k else f"{k.rsplit('.', 1)[1]}_{v}"
+    values = "_".join(v if k in GROUPS else f"{k.rsplit('.', 1)[-1]}_{v}"  # optim=sgd -> sgd, seed=1 -> seed_1
                       for k, _, v in (o.lstrip("+~").partition("=") for o in swept if "=" in o))
     prefix = f"{cfg.name}-" if cfg.get("name") else ""
     room = 40 - len(prefix) - len(tag) - 1  # run directory names keep 40 characters of the name
