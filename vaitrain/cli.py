@@ -141,7 +141,8 @@ def train(
     overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP, autocompletion=_complete),
     multirun: bool = typer.Option(False, "-m", "--multirun", help="Sweep: a,b / range(..) / choice(..) values."),
 ) -> None:
-    """Train a model (default: ResNet-20 on the embedded shapes data). resume=RUN_DIR continues a run."""
+    """Train a model (default: ResNet-20 on the embedded shapes data). resume=RUN_DIR continues a run.
+    `vaitrain options [GROUP]` lists every key with its allowed values; `vaitrain config ...` shows the result."""
     overrides = list(overrides or [])
     if multirun:
         sweep_main(overrides)
