@@ -356,3 +356,22 @@ def test_a_run_off_a_terminal_says_what_it_prepares_and_trains(tmp_path, monkeyp
     assert "train 1/1: started (4 steps)" in out
     assert "train 1/1: done" not in out  # the epoch line follows instead
     assert re.search(r"^done: .*  val/acc1=[\d.]+  val/loss=[\d.]+$", out, re.M)
+
+
+def test_config_shows_the_keys_that_apply(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import yaml
+
+    def shown(*args: str) -> dict:  # type: ignore[type-arg]
+        result = CliRunner().invoke(app, ["config", *args])
+        assert result.exit_code == 0, result.output
+        return yaml.safe_load(result.stdout)
+
+    adam = shown("optim=adam")
+    assert "lr_min" not in adam["optim"] and "lr" in adam["optim"]  # Alrao's keys
+    assert "dice_weight" not in adam["task"] and "label_smoothing" in adam["task"]  # segmentation's
+    assert "lr_min" in shown("optim=alrao")["optim"]
+    seg = shown("task=segmentation", "model=unet")
+    assert "dice_weight" in seg["task"] and "topk" not in seg["task"]
+    assert "lr_min" in shown("optim=adam", "--all")["optim"]
+    note = CliRunner().invoke(app, ["config", "optim=adam"]).stdout.splitlines()[-1]
+    assert note.startswith("# ") and "optim.lr_min" in note and note.endswith("--all shows them")

@@ -276,11 +276,24 @@ def eval_(
 
 @app.command()
 @one_line_errors
-def config(overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP, autocompletion=_complete)) -> None:
-    """Print the composed, resolved config."""
-    from vaitrain.config import compose, to_yaml
+def config(
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP, autocompletion=_complete),
+    show_all: bool = typer.Option(False, "--all", help="Also the keys of the options not chosen (optim.lr_min with optim=adam)."),
+) -> None:
+    """Print the composed, resolved config: the keys that apply to the chosen options (--all: every key)."""
+    from omegaconf import OmegaConf
 
-    typer.echo(to_yaml(compose(list(overrides or []))), nl=False)
+    from vaitrain.config import compose, to_yaml
+    from vaitrain.options import applying_config
+
+    cfg = compose(list(overrides or []))
+    if show_all:
+        typer.echo(to_yaml(cfg), nl=False)
+        return
+    shown, hidden = applying_config(cfg)
+    typer.echo(to_yaml(OmegaConf.create(shown)), nl=False)
+    if hidden:
+        typer.echo(f"# {len(hidden)} keys of options not chosen left out ({', '.join(hidden)}); --all shows them")
 
 
 @app.command()

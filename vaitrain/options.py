@@ -145,3 +145,49 @@ def complete_override(args: list[str], incomplete: str) -> list[str]:
         return [f"{key}={v}" for v in keys.get(key, ()) if v.startswith(typed)]
     found = [f"{k}=" for k in keys if k.startswith(incomplete)]
     return sorted(found)
+
+
+# ----- which keys apply to the chosen options -----------------------------------------------------------
+_SECTION = re.compile(r"^\s+#\s*([a-z_]+(?:\s*[,|/]\s*[a-z_]+)*)\s*$")
+_FIELD = re.compile(r"^\s+(\w+)\s*:")
+
+
+@lru_cache(maxsize=None)
+def _sections(schema: type) -> dict[str, tuple[str, ...]]:
+    """{field: the options it belongs to} from a schema's section comments: a comment line that is
+    only option names (`# alrao`, `# segmentation`) starts the fields of those options; fields
+    before any such line apply to every option."""
+    try:
+        lines = inspect.getsource(schema).splitlines()
+    except (OSError, TypeError):
+        return {}
+    owners: dict[str, tuple[str, ...]] = {}
+    current: tuple[str, ...] = ()
+    for line in lines:
+        section = _SECTION.match(line)
+        if section:
+            current = tuple(re.split(r"\s*[,|/]\s*", section.group(1)))
+            continue
+        field = _FIELD.match(line)
+        if field and current:
+            owners[field.group(1)] = current
+    return owners
+
+
+def applying_config(cfg: DictConfig) -> tuple[dict[str, Any], list[str]]:
+    """The config as a dict without the keys that belong to other options of their group
+    (optim.lr_min when optim=adam, task.dice_weight for classification), and those keys."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(container, dict)
+    hidden: list[str] = []
+    for group in _config.GROUPS:
+        node = cfg.get(group)
+        schema = OmegaConf.get_type(node) if node is not None else None
+        if schema is None or not dataclasses.is_dataclass(schema) or "name" not in node:
+            continue
+        chosen = str(node.name)
+        for key, owners in _sections(schema).items():
+            if key in container[group] and chosen not in owners:
+                del container[group][key]
+                hidden.append(f"{group}.{key}")
+    return container, hidden
