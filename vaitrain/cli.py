@@ -336,12 +336,22 @@ def models(overrides: Optional[List[str]] = typer.Argument(None, help="e.g. data
 
 @app.command()
 @one_line_errors
-def inspect(overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP, autocompletion=_complete)) -> None:
-    """At initialization: each layer's activation variance and gradient norm for one batch."""
-    from vaitrain.zoo import init_table
+def inspect(
+    overrides: Optional[List[str]] = typer.Argument(
+        None, help=OVERRIDES_HELP + " Several values (model.init=he,xavier) compare.", autocompletion=_complete),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw variance and gradient by depth to FILE.png (needs vaitrain[plot])."),
+) -> None:
+    """At initialization (norm=none unless given): each layer's activation variance and gradient norm for one batch."""
+    from vaitrain import inspect_init
 
-    title, columns, rows = init_table(list(overrides or []))
-    console.print(_table(title, columns, rows))
+    result = inspect_init.inspect_jobs(list(overrides or []))
+    for job in result.jobs:
+        console.print(_table(job.title, *inspect_init.table(job)))
+    for line in result.notes:
+        typer.echo(line)
+    if plot is not None:
+        inspect_init.plot_inspection(result, plot)
+        typer.echo(f"wrote {plot}", err=True)
 
 
 @app.command()
@@ -477,6 +487,45 @@ def _terminal_width() -> int:
     import shutil
 
     return shutil.get_terminal_size((80, 24)).columns
+
+
+@app.command()
+@one_line_errors
+def lab(
+    topic: Optional[str] = typer.Argument(None, help="A topic (init, gradients, normalization, ...); none: list them."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="Overrides for every run, e.g. trainer.device=cuda."),
+    size: str = typer.Option("default", "--size", help="default (minutes on a laptop CPU) | tiny (seconds)."),
+    out_dir: Path = typer.Option(Path("runs"), "--out-dir", help="Where the lab folder goes."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="A lab folder of this topic: continue its sweeps."),
+) -> None:
+    """The lecture's claims, each shown by small runs or inspections, ending in a report."""
+    from vaitrain.lab import TOPICS, run_topic
+
+    if topic is None:
+        console.print(_table("vaitrain lab TOPIC", ["topic", "trains", "claim"],
+                             [[t.name, "yes" if t.trains else "no", t.claim] for t in TOPICS.values()]))
+        return
+    result = run_topic(topic, size=size, out_dir=out_dir, overrides=list(overrides or []), resume=resume,
+                       progress=lambda line: typer.echo(line, err=True))
+    typer.echo(f"{result.topic}: {result.claim}")
+    for f in result.findings:
+        typer.echo(f"  {'agrees' if f.holds else 'CONTRADICTS'}: {f.claim}\n      measured: {f.measured}")
+    typer.echo(f"report: {result.report}  ({result.seconds:.1f} s)")
+
+
+@app.command()
+@one_line_errors
+def report(
+    paths: List[str] = typer.Argument(..., help="Run dirs, sweep dirs or quoted globs."),
+    out: Path = typer.Option(Path("report.html"), "--out", help="The HTML file to write (self-contained)."),
+) -> None:
+    """One self-contained HTML page for runs or sweeps: config diff, curves, tables, images, layer stats."""
+    from vaitrain.report import build_report
+
+    result = build_report(paths, out)
+    for line in result.warnings:
+        typer.echo(f"warning: {line}", err=True)
+    typer.echo(f"wrote {result.out} ({len(result.runs)} runs)")
 
 
 def main() -> None:
