@@ -68,6 +68,20 @@ def run_validation(model: torch.nn.Module, loader: Any, task: Any, *, precision:
     return {f"val/{k}": v for k, v in metrics.items()}
 
 
+def evaluate_checkpoint(model: torch.nn.Module, path: Path, loader: Any, task: Any, precision: str,
+                        device: torch.device, channels_last: bool = False) -> dict[str, float]:
+    """Metrics of the weights saved at `path` (the model's own weights when there is no such file),
+    computed with `model`, whose weights are put back afterwards."""
+    weights = load_checkpoint(path)["model"] if Path(path).is_file() else None
+    current = {k: v.detach().clone() for k, v in model.state_dict().items()} if weights else None
+    if weights is not None:
+        model.load_state_dict(weights)
+    metrics, _ = evaluate_model(model, loader, task, precision, device, channels_last)
+    if current is not None:
+        model.load_state_dict(current)
+    return metrics
+
+
 def resolve_checkpoint(run_dir: Path, checkpoint: str) -> Path:
     if checkpoint in ("best", "last"):
         return Path(run_dir) / rundir.CKPT_DIR / f"{checkpoint}.pt"

@@ -18,12 +18,12 @@ from omegaconf import DictConfig
 
 from vaitrain.config import to_yaml
 from vaitrain.engine import dist
-from vaitrain.engine.checkpoint import check_compatible, load_checkpoint
+from vaitrain.engine.checkpoint import check_compatible
 from vaitrain.engine.checkpointing import BEST, LAST, RunStore, StopFlag
 from vaitrain.engine.components import build_components
 from vaitrain.engine.ema import WeightEMA
 from vaitrain.engine.device import resolve_device, resolve_precision, rng_state, seed_everything, set_rng_state
-from vaitrain.engine.evaluate import evaluate_model, run_validation
+from vaitrain.engine.evaluate import evaluate_checkpoint, run_validation
 from vaitrain.engine.layer_stats import LayerStats
 from vaitrain.engine.resources import resource_errors
 from vaitrain.errors import Interrupted
@@ -186,14 +186,7 @@ class Trainer:
         try:
             records.open(resumed=self.resume_state is not None, epoch=self.epoch, step=self.step,
                          config_yaml=self.config_yaml, model=self.model)
-            records.progress.line(start_summary(
-                self.cfg, self.run_dir, params=self.params, data=self.parts.data, device=self.device,
-                precision=self.precision, world_size=self.ctx.world_size, resumed=self.resume_state is not None))
-            hint = oversubscription_hint(self.device, int(self.cfg.trainer.threads)) if self.ctx.is_main else None
-            if hint:
-                records.progress.line(hint)
-            for note in self.parts.data.notes:  # e.g. images shrunk by more than 2x
-                records.progress.line(note)
+            self._say_start()
             with stop.installed():
                 while self.epoch < epochs:
                     train_metrics = self._train_epoch(stop)
@@ -203,28 +196,16 @@ class Trainer:
                     self.epoch += 1
                     self.batch_in_epoch = 0
                     run_epochs += 1
-                    val = run_validation(
-                        self.model, self.parts.data.val, self.task, precision=self.precision,
-                        device=self.device, channels_last=bool(self.cfg.trainer.channels_last),
-                        images=records.image_writer(self.epoch), step=self.step, progress=records.progress,
-                    )
-                    if self.ema is not None:
-                        val.update(self._validate_ema())
+                    val = self._validate()
                     last = {**train_metrics, **val}
                     improved = self._update_best(val)
                     records.epoch(self.epoch, self.step, last, self.task.main_metric)
                     self._save(LAST)
                     if improved:
                         self._save(BEST)
-                    ended = self.on_epoch(self.epoch, last) if self.on_epoch is not None else None
-                    if ended and self.epoch < epochs:  # e.g. a search's pruner: records say "pruned"
-                        status = str(ended)
-                        break
-                    if self._agree_stop(stop) and self.epoch < epochs:  # a signal in the last step/validation
-                        status = "stopped"
-                        break
-                    if stop_after and run_epochs >= stop_after and self.epoch < epochs:
-                        status = "stopped"
+                    ended = self._ends_early(stop, last, run_epochs, epochs, stop_after)
+                    if ended:
+                        status = ended
                         break
                 if status == "completed" and self.epoch >= epochs and self.cfg.trainer.test_at_end:
                     last = {**last, **self._test_best()}
@@ -255,18 +236,49 @@ class Trainer:
     def _test_best(self) -> dict[str, float]:
         """trainer.test_at_end: the test split's metrics (test/<name>) of the weights eval uses by
         default (best.pt, chosen on validation only; the last weights when no best.pt exists)."""
-        best = self.store.folder / BEST
-        weights = load_checkpoint(best)["model"] if best.is_file() else None
-        current = {k: v.detach().clone() for k, v in self.model.state_dict().items()} if weights else None
-        if weights is not None:
-            self.model.load_state_dict(weights)
-        metrics, _ = evaluate_model(self.model, self.parts.data.test, self.task, self.precision, self.device,
-                                    bool(self.cfg.trainer.channels_last))
-        if current is not None:
-            self.model.load_state_dict(current)
+        metrics = evaluate_checkpoint(self.model, self.store.folder / BEST, self.parts.data.test, self.task,
+                                      self.precision, self.device, bool(self.cfg.trainer.channels_last))
         found = {f"test/{k}": v for k, v in metrics.items()}
         self.records.progress.line("test (best.pt): " + "  ".join(f"{k} {v:.4g}" for k, v in found.items()))
         return found
+
+    def _say_start(self) -> None:
+        """The lines a run starts with: what it trains on what, a CPU oversubscription hint, the
+        data's notes (e.g. images shrunk by more than 2x)."""
+        progress = self.records.progress
+        progress.line(start_summary(
+            self.cfg, self.run_dir, params=self.params, data=self.parts.data, device=self.device,
+            precision=self.precision, world_size=self.ctx.world_size, resumed=self.resume_state is not None))
+        hint = oversubscription_hint(self.device, int(self.cfg.trainer.threads)) if self.ctx.is_main else None
+        if hint:
+            progress.line(hint)
+        for note in self.parts.data.notes:
+            progress.line(note)
+
+    def _validate(self) -> dict[str, float]:
+        """The epoch's validation metrics (val/*, and val_ema/* with trainer.ema)."""
+        val = run_validation(
+            self.model, self.parts.data.val, self.task, precision=self.precision,
+            device=self.device, channels_last=bool(self.cfg.trainer.channels_last),
+            images=self.records.image_writer(self.epoch), step=self.step, progress=self.records.progress,
+        )
+        if self.ema is not None:
+            val.update(self._validate_ema())
+        return val
+
+    def _ends_early(self, stop: StopFlag, last: dict[str, float], run_epochs: int, epochs: int,
+                    stop_after: int) -> str | None:
+        """After an epoch's record and checkpoint: the status that ends the run before its planned
+        end, or None. In this order: the epoch hook (a search's pruner says "pruned"), a stop
+        signal that came in the epoch's last step or validation, trainer.stop_after."""
+        ended = self.on_epoch(self.epoch, last) if self.on_epoch is not None else None
+        if ended and self.epoch < epochs:
+            return str(ended)
+        if self._agree_stop(stop) and self.epoch < epochs:  # every rank agrees, every epoch
+            return "stopped"
+        if stop_after and run_epochs >= stop_after and self.epoch < epochs:
+            return "stopped"
+        return None
 
     def _validate_ema(self) -> dict[str, float]:
         """The weight average's validation metrics, as val_ema/<name>."""
