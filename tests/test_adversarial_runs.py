@@ -348,6 +348,7 @@ def test_data_error_found_late_is_recorded(tmp_path, monkeypatch):
     (lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "GPU"),
     (lambda: MemoryError(), "CPU"),
     (lambda: RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"), "CPU"),
+    (lambda: RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed. "), "CPU"),
 ])
 def test_out_of_memory_in_the_step_keeps_the_last_checkpoint(tmp_path, monkeypatch, error, where):
     real = step_module.OptimizerStep.backward

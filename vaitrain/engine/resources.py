@@ -23,6 +23,8 @@ def is_out_of_memory(err: BaseException) -> str | None:
         return "CPU"
     if isinstance(err, RuntimeError) and ("can't allocate memory" in str(err) or "not enough memory" in str(err)):
         return "CPU"
+    if isinstance(err, RuntimeError) and "DataLoader worker" in str(err) and "Killed" in str(err):
+        return "CPU"  # the kernel's OOM killer took a loader worker
     return None
 
 
@@ -42,7 +44,8 @@ def resource_errors(last_checkpoint: Callable[[], Path | None]) -> Iterator[None
         if where:
             raise TrainingError(
                 f"out of {where} memory; {kept}: lower trainer.batch_size or data.image_size "
-                "(or use data.device_resident=false for data that does not fit), then run again"
+                "(or use data.device_resident=false for data that does not fit, fewer data.num_workers "
+                "for streamed data), then run again"
                 + (" with resume=RUN_DIR" if last is not None and last.is_file() else "")
             ) from None
         if isinstance(err, OSError) and err.errno in DISK_FULL:
