@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from vaitrain.compare import Comparison, Run, compare, find_runs, load_run
+from vaitrain.compare import Comparison, compare
+from vaitrain.track.runs import Run, find_runs, load_run
 from vaitrain.errors import RunDirError, VaitrainError
 from vaitrain.track.files import write_text_atomic
 

@@ -59,3 +59,33 @@ def predicted_densities(run_dir: Path, samples: int = 6) -> tuple[list[Any], lis
     targets = ((y[:, :2] * std[:2] + mean[:2]) * scale).tolist()
     # imshow with origin upper: extent (left, right, bottom, top) so y grows downwards like the image
     return list(imgs), list(dens.numpy()), targets, (0, size, size, 0)
+
+
+@torch.no_grad()
+def position_nll(run_dir: Path) -> float:
+    """Mean validation NLL (nats, the targets' original units) of the position alone (x, y): the
+    head's mixture marginalized over the other target dimensions (their Gaussians integrate to 1)."""
+    from vaitrain.engine.checkpoint import load_checkpoint
+    from vaitrain.engine.components import build_components
+    from vaitrain.engine.evaluate import load_run_config, resolve_checkpoint
+    from vaitrain.tasks.regression import gaussian_nll, mdn_nll
+
+    cfg, _ = load_run_config(run_dir, ["trainer.device=cpu"])
+    path = resolve_checkpoint(run_dir, "best")
+    state = load_checkpoint(path if path.is_file() else resolve_checkpoint(run_dir, "last"))
+    c = build_components(cfg, torch.device("cpu"), stats=state.get("data_stats"))
+    c.model.load_state_dict(state["model"])
+    c.model.eval()
+    task = c.task
+    _, std = task.target_stats(torch.device("cpu"))
+    total, count = 0.0, 0
+    for x, y in c.data.val:
+        p = task.decode(c.model(x).float())
+        y2 = y[:, :2].float()
+        if task.head == "gaussian":
+            nll = gaussian_nll(p["mu"][:, :2], p["logsig"][:, :2], y2)
+        else:
+            nll = mdn_nll(p["logit_alpha"], p["mu"][:, :, :2], p["logsig"], y2)
+        total += float(nll.sum())
+        count += len(nll)
+    return total / count + float(torch.log(std[:2]).sum())  # change of variables to original units
