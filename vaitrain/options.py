@@ -111,13 +111,14 @@ def _all_keys() -> dict[str, tuple[str, ...]]:
         keys[f"{g}"] = tuple(_config.group_options(g))
         for key, value, _ in _leaves(cfg[g], g):
             keys[key] = _values(key, value)
-    for option in _config.group_options("model"):  # keys of the other model families
-        try:
-            model_cfg = _config.compose([f"model={option}"]).model
-        except Exception:  # noqa: BLE001 - completion must never fail
-            continue
-        for key, value, _ in _leaves(model_cfg, "model"):
-            keys.setdefault(key, _values(key, value))
+    # keys of the other model families, from their schema dataclasses (composing each model's
+    # config would cost seconds per TAB)
+    from vaitrain.schema.root import GROUP_SCHEMAS
+
+    for schema in GROUP_SCHEMAS.get("model", {}).values():
+        for f in dataclasses.fields(schema):
+            default = f.default if f.default is not dataclasses.MISSING else None
+            keys.setdefault(f"model.{f.name}", _values(f"model.{f.name}", default))
     for key in ("seed", "out_dir", "resume", "name"):
         keys.setdefault(key, ())
     return keys
