@@ -427,3 +427,30 @@ def test_disk_full_while_writing_records(tmp_path, monkeypatch):
     monkeypatch.undo()
     run = the_run(out)
     assert _state(run / "checkpoints" / "last.pt")["epoch"] == 1
+
+
+def _slow_steps() -> None:
+    real = step_module.OptimizerStep.backward
+
+    def slow(self, *args, **kwargs):
+        time.sleep(0.3)
+        return real(self, *args, **kwargs)
+
+    step_module.OptimizerStep.backward = slow
+
+
+def test_two_resumes_of_the_same_run_cannot_both_write(stopped, tmp_path):
+    """Two real processes: the first `train resume=RUN` trains (slowly), the second is refused naming it."""
+    from crash_runs import fork
+
+    run = copy(stopped, tmp_path)
+    first = fork(["train", f"resume={run}"], setup=_slow_steps)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and (run / ".lock").read_text().strip() != str(first.pid):
+            time.sleep(0.05)
+        refused(cli(["train", f"resume={run}"]), rf"^error: run directory '\S+' is in use by process {first.pid} ")
+    finally:
+        first.join(120)
+    assert first.exitcode == 0
+    assert [r["epoch"] for r in _records(run, "epoch")] == [1, 2]  # one writer: each epoch once
