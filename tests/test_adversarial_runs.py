@@ -454,3 +454,13 @@ def test_two_resumes_of_the_same_run_cannot_both_write(stopped, tmp_path):
         first.join(120)
     assert first.exitcode == 0
     assert [r["epoch"] for r in _records(run, "epoch")] == [1, 2]  # one writer: each epoch once
+
+
+def test_disk_full_while_writing_the_run_files_leaves_no_directory(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "fsync", _fail_fsync_for(".config.yaml.", after=1))
+    out = tmp_path / "runs"
+    refused(cli(["train", *TINY, f"out_dir={out}"]),
+            r"^error: the disk is full \(No space left on device\); no checkpoint was written yet: free space, or set "
+            r"out_dir=DIR")
+    monkeypatch.undo()
+    assert not [p for p in out.rglob("*") if p.is_file()]

@@ -97,9 +97,14 @@ class RunStore:
         if self.run_dir is None:
             def make() -> Path:
                 run = rundir.create_run_dir(base, model, data, name, dated=dated)
+                try:
+                    self.lock = RunLock(run).acquire()
+                    rundir.write_run_files(run, config_yaml, overrides, device)
+                except BaseException:  # e.g. the disk filled while writing config.yaml: no orphan
+                    shutil.rmtree(run, ignore_errors=True)
+                    self.close()
+                    raise
                 self.created = True
-                self.lock = RunLock(run).acquire()
-                rundir.write_run_files(run, config_yaml, overrides, device)
                 return run
 
             self.run_dir = dist.on_main(make, self.ctx)
