@@ -36,13 +36,14 @@ REPEATS = 2
 def vaitrain_epochs(overrides: list[str]) -> list[float]:
     from vaitrain.config import compose
     from vaitrain.engine import train
+    from vaitrain.engine.records import THROUGHPUT
     from vaitrain.track.metrics_log import read_metrics
 
     with tempfile.TemporaryDirectory() as out:
         cfg = compose([*overrides, f"out_dir={out}"])
         result = train(cfg, overrides)
         records = [r for r in read_metrics(result.run_dir / "metrics.jsonl") if r["kind"] == "epoch"]
-        return [float(r["throughput"]) for r in records[1:]]
+        return [float(r[THROUGHPUT]) for r in records[1:]]
 
 
 def bare_epochs(overrides: list[str]) -> list[float]:
