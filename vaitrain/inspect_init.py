@@ -239,7 +239,7 @@ def plot_inspection(result: InspectResult, path: Any = None) -> Any:
     """Two panels against depth, log y: pre-activation variance and gradient RMS, one line per job,
     the lecture's predictions dashed in the same colour. Saved as PNG to `path` when given."""
     Figure = _matplotlib()
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    fig = Figure(figsize=(11, 4.2 + 0.22 * len(result.jobs)), layout="constrained")
     ax_var, ax_grad = fig.subplots(1, 2)
     for i, job in enumerate(result.jobs):
         prof = depth_profile(job.rows)
@@ -261,7 +261,9 @@ def plot_inspection(result: InspectResult, path: Any = None) -> Any:
         ax.set_ylabel(what)
         ax.set_title(what + " by depth, at init")
         ax.grid(True, which="both", alpha=0.3)
-    ax_var.legend(fontsize="small")
+    handles, labels = ax_var.get_legend_handles_labels()
+    if handles:  # below both panels: inside, it would hide the lines it explains
+        fig.legend(handles, labels, loc="outside lower center", ncol=2, fontsize="small")
     if path is not None:
         save_png(fig, path)
     return fig

@@ -245,10 +245,11 @@ def topic_sampling(ctx: LabContext) -> Outcome:
 
 
 def topic_depth(ctx: LabContext) -> Outcome:
+    # 32 px: at 16 px the ResNets' last stage sees 4 x 4 maps and stays near chance for minutes
     common = ["norm=batch", "optim=adam", "sched=cosine", "trainer.batch_size=64",
-              *sized(ctx, train=1024, val=512, epochs=3, tiny_train=64, tiny_val=32)]
+              *sized(ctx, train=2048, val=512, epochs=3, tiny_train=64, tiny_val=32, image_size=16 if ctx.tiny else 32)]
     shallow, deep = (8, 14) if ctx.tiny else (8, 32)
-    plain = records(ctx.sweep("plain", ["model=plain_cnn", f"model.depth={shallow},{deep}", f"model.width={8 if ctx.tiny else 32}",
+    plain = records(ctx.sweep("plain", ["model=plain_cnn", f"model.depth={shallow},{deep}", f"model.width={8 if ctx.tiny else 16}",
                                         "model.down_every=" + str(max(deep // 3, 1)), *common]))
     resnet = records(ctx.sweep("resnet", ["model=resnet20", f"model.depth={shallow},{deep if (deep - 2) % 6 == 0 else 14}", *common]))
     dense_blocks = "[1,1,1],[2,2,2]" if ctx.tiny else "[2,2,2],[8,8,8]"
