@@ -325,21 +325,22 @@ def run_search(overrides: Sequence[str], *, progress: Progress | None = None,
     settings = base.search
     metric, direction = objective(base)
     check_launcher(settings)
+    given, beat = str(settings.storage), int(settings.heartbeat)
+    if given and "://" not in given:
+        raise ConfigError(f"search.storage={given} is no database URL; write e.g. sqlite:///runs/search.db")
+    storage = _open_storage(optuna, given, beat) if given else None  # a bad one fails before any folder
     if not resuming:
         check_writable(Path(str(base.out_dir)))
         now = _dt.datetime.now()
         folder = create_unique_dir(Path(str(base.out_dir)) / now.strftime("%Y-%m-%d"),
                                    f"{now.strftime('%H-%M-%S')}-search", "search")
-    url = str(settings.storage) or f"sqlite:///{(folder / DB_FILE).resolve()}"
-    if "://" not in url:
-        raise ConfigError(f"search.storage={url} is no database URL; write e.g. sqlite:///runs/search.db")
+    url = given or f"sqlite:///{(folder / DB_FILE).resolve()}"
+    storage = storage or _open_storage(optuna, url, beat)
     study_name = str(settings.study) or "search"
     if not resuming:
         write_text_atomic(folder / SEARCH_FILE, json.dumps({
             "overrides": list(overrides), "storage": url, "study": study_name, "metric": metric,
             "direction": direction, "started": _dt.datetime.now().isoformat(timespec="seconds")}, indent=2) + "\n")
-    beat = int(settings.heartbeat)
-    storage = _open_storage(optuna, url, beat)
     shared = bool(str(settings.storage))
     study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True, direction=direction,
                                 sampler=make_sampler(settings, int(settings.seed)), pruner=make_pruner(settings))
