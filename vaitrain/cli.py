@@ -229,7 +229,7 @@ def search(overrides: Optional[List[str]] = typer.Argument(None, help=(
     from vaitrain.search import run_search
 
     result = run_search(list(overrides or []), progress=lambda line: typer.echo(line, err=True))
-    rows = [[t["number"], t["state"].lower(), t["value"], t["epochs"],
+    rows = [[t["number"], t["status"], t["value"], t["epochs"],
              " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["params"].items()),
              Path(t["run_dir"]).name if t["run_dir"] else ""] for t in result.trials]
     console.print(_table(f"study '{result.study}': {result.direction} {result.metric}, best first",

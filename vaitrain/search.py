@@ -450,7 +450,16 @@ def _trial_seed(seed: int, n_trials: int, shared: bool) -> int:
 
 
 def _rows(study: Any, direction: str) -> list[dict[str, Any]]:
-    rows = [{"number": t.number, "state": t.state.name, "value": t.value, "params": dict(t.params),
+    def shown(t: Any) -> str:  # what happened to it, in vaitrain's words
+        if t.state.name == "WAITING":
+            return f"queued (resumes trial {t.user_attrs['retry_of']})" if t.user_attrs.get("retry_of") is not None \
+                else "queued"
+        if t.state.name == "FAIL" and t.user_attrs.get("status") == "stopped":
+            return "stopped"
+        return t.state.name.lower()
+
+    rows = [{"number": t.number, "state": t.state.name, "status": shown(t), "value": t.value,
+             "params": dict(t.params) or dict(t.system_attrs.get("fixed_params", {})),
              "run_dir": t.user_attrs.get("run_dir"), "epochs": len(t.intermediate_values),
              "error": t.user_attrs.get("error")} for t in study.get_trials(deepcopy=False)]
     sign = -1.0 if direction == "maximize" else 1.0
