@@ -15,16 +15,15 @@ import torch
 @torch.no_grad()
 def predicted_densities(run_dir: Path, samples: int = 6) -> tuple[list[Any], list[Any], list[Any], tuple] | None:
     """(images HWC in [0,1], density grids, targets (x, y) in px, imshow extent) for the first
-    validation images; None when the run has no checkpoint or no position targets."""
+    validation images, from the final weights (last.pt); None when the run has no checkpoint or
+    no position targets."""
     from vaitrain.engine.checkpoint import load_checkpoint
     from vaitrain.engine.components import build_components
     from vaitrain.engine.evaluate import load_run_config, resolve_checkpoint
     from vaitrain.tasks import images
 
     cfg, _ = load_run_config(run_dir, ["trainer.device=cpu", f"data.num_val={max(samples, 2)}"])
-    path = resolve_checkpoint(run_dir, "best")
-    if not path.is_file():
-        path = resolve_checkpoint(run_dir, "last")
+    path = resolve_checkpoint(run_dir, "last")  # the final weights: the ones the final metrics describe
     if not path.is_file():
         return None
     state = load_checkpoint(path)
@@ -71,8 +70,7 @@ def position_nll(run_dir: Path) -> float:
     from vaitrain.tasks.regression import gaussian_nll, mdn_nll
 
     cfg, _ = load_run_config(run_dir, ["trainer.device=cpu"])
-    path = resolve_checkpoint(run_dir, "best")
-    state = load_checkpoint(path if path.is_file() else resolve_checkpoint(run_dir, "last"))
+    state = load_checkpoint(resolve_checkpoint(run_dir, "last"))  # as the final val/nll
     c = build_components(cfg, torch.device("cpu"), stats=state.get("data_stats"))
     c.model.load_state_dict(state["model"])
     c.model.eval()
