@@ -375,3 +375,15 @@ def test_config_shows_the_keys_that_apply(tmp_path) -> None:  # type: ignore[no-
     assert "lr_min" in shown("optim=adam", "--all")["optim"]
     note = CliRunner().invoke(app, ["config", "optim=adam"]).stdout.splitlines()[-1]
     assert note.startswith("# ") and "optim.lr_min" in note and note.endswith("--all shows them")
+
+
+def test_every_key_has_a_one_line_doc() -> None:
+    """`vaitrain options` shows each key's doc from its schema field's comment: none may be missing."""
+    from vaitrain.config import group_options
+    from vaitrain.options import option_rows
+
+    undocumented = set()
+    for model in group_options("model"):  # every model family's keys
+        undocumented |= {r[0] for r in option_rows("model", [f"model={model}"]) if not r[3]}
+    undocumented |= {r[0] for r in option_rows() if not r[3]}
+    assert not undocumented, f"add a `# what it does` comment to these schema fields: {sorted(undocumented)}"

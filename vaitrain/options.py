@@ -33,10 +33,19 @@ def _field_docs(schema: type) -> dict[str, str]:
             lines = inspect.getsource(cls).splitlines()
         except (OSError, TypeError):
             continue
+        block: list[str] = []  # comment lines just above a field document it when it has none of its own
         for line in lines:
             m = _FIELD_COMMENT.match(line)
             if m:
                 docs[m.group(1)] = m.group(2).strip()
+            elif line.strip().startswith("#"):
+                block.append(line.strip().lstrip("#").strip())
+                continue
+            else:
+                field = re.match(r"^\s+(\w+)\s*:", line)
+                if field and block and not _SECTION.match("    # " + " ".join(block)):
+                    docs.setdefault(field.group(1), block[0] + ("" if len(block) == 1 else " ..."))
+            block = []
     return docs
 
 

@@ -13,7 +13,7 @@ class DataConfig:
     image_size: int = 32  # shapes: generated size; others: resized to image_size^2 when set (0 = native;
     # folders default to 0: the images' own size when they share one)
     num_train: int = 5000  # shapes: scenes generated; others: cap on samples (0 = all)
-    num_val: int = 1000
+    num_val: int = 1000  # shapes: validation scenes; others: cap on samples (0 = all)
     seed: int = 0  # seed of the generated scenes (shapes) and of subsampling
     num_classes: int = 0  # 0 = the dataset's; shapes: use the first N shape classes; others: at least N
     target_columns: List[str] = field(default_factory=list)  # csv_regression (empty = all but path)

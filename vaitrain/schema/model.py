@@ -22,8 +22,8 @@ class ModelConfig:
 
 @dataclass
 class ResNetConfig(ModelConfig):
-    family: str = "resnet"
-    depth: int = 20
+    family: str = "resnet"  # the builder (set by the model's YAML)
+    depth: int = 20  # layers: 20/32/44/56/110 (cifar style), 18/34/50/101 (imagenet style)
     style: str = "cifar"  # cifar (16/32/64, option-A shortcuts) | imagenet (v1.5 bottleneck/basic)
     small_stem: bool = False  # imagenet style only: 3x3 stride-1 stem, no max-pool (for 32 px)
     down: str = "strided"  # strided | maxpool | avgpool: how a stage halves its resolution
@@ -31,11 +31,11 @@ class ResNetConfig(ModelConfig):
 
 @dataclass
 class DenseNetConfig(ModelConfig):
-    family: str = "densenet"
+    family: str = "densenet"  # the builder (set by the model's YAML)
     style: str = "imagenet"  # imagenet | cifar
-    growth_rate: int = 32
-    block_config: List[int] = field(default_factory=lambda: [6, 12, 24, 16])
-    num_init_features: int = 64
+    growth_rate: int = 32  # k: channels each layer adds
+    block_config: List[int] = field(default_factory=lambda: [6, 12, 24, 16])  # layers per dense block
+    num_init_features: int = 64  # channels of the stem
     bn_size: int = 4  # bottleneck width = bn_size * growth_rate; 0 = no bottleneck
     compression: float = 1.0  # theta of the transition layers (0.5 for DenseNet-BC)
     memory_efficient: bool = False  # checkpointed concatenation: less memory, more compute
@@ -44,8 +44,8 @@ class DenseNetConfig(ModelConfig):
 
 @dataclass
 class UNetConfig(ModelConfig):
-    family: str = "unet"
-    base_width: int = 64
+    family: str = "unet"  # the builder (set by the model's YAML)
+    base_width: int = 64  # channels of the first level (doubled per level down)
     depth: int = 4  # number of down/up levels
     down: str = "maxpool"  # maxpool | avgpool | strided
     up: str = "transposed"  # transposed | bilinear | maxunpool
@@ -54,7 +54,7 @@ class UNetConfig(ModelConfig):
 
 @dataclass
 class RandWireConfig(ModelConfig):
-    family: str = "randwire"
+    family: str = "randwire"  # the builder (set by the model's YAML)
     regime: str = "small"  # small | regular
     channels: int = 78  # C
     nodes: int = 32  # N per stage
@@ -62,12 +62,12 @@ class RandWireConfig(ModelConfig):
     graph_k: int = 4  # WS: each node joined to k nearest neighbours
     graph_p: float = 0.75  # WS rewiring / ER edge probability
     graph_m: int = 5  # BA: edges of each new node
-    graph_seed: int = 0
+    graph_seed: int = 0  # seed of the random graphs
 
 
 @dataclass
 class PlainConfig(ModelConfig):
-    family: str = "plain"
+    family: str = "plain"  # the builder (set by the model's YAML)
     kind: str = "mlp"  # mlp | cnn
     depth: int = 20  # hidden layers
     width: int = 256  # units (mlp) or channels (cnn)
