@@ -423,13 +423,6 @@ def compare_runs(
             proc.terminate()
 
 
-def _terminal_width() -> int:
-    """The terminal's columns ($COLUMNS first; 80 when there is no terminal)."""
-    import shutil
-
-    return shutil.get_terminal_size((80, 24)).columns
-
-
 @app.command()
 @one_line_errors
 def predict(
