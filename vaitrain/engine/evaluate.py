@@ -12,7 +12,7 @@ from vaitrain.config import compose
 from vaitrain.engine.checkpoint import check_compatible, check_task, load_checkpoint
 from vaitrain.engine.components import build_components
 from vaitrain.engine.device import autocast, resolve_device, resolve_precision
-from vaitrain.errors import CheckpointError, ConfigError, RunDirError
+from vaitrain.errors import ConfigError, RunDirError
 from vaitrain.track import rundir
 from vaitrain.track.runs import saved_overrides
 
