@@ -50,13 +50,13 @@ TINY_NORMS = ("batch", "group", "none")
 
 
 def topic_normalization(ctx: LabContext) -> Outcome:
-    small, large = 2, 32
+    small, large = (2, 32) if ctx.tiny else (4, 64)
     norms = TINY_NORMS if ctx.tiny else NORMS
     res = ctx.sweep("norms", [
         "model=plain_cnn", f"model.depth={4 if ctx.tiny else 8}", f"model.width={8 if ctx.tiny else 32}",
         "model.down_every=2", "model.act=relu", "model.init=he", f"norm={','.join(norms)}", "norm.groups=4",
-        f"trainer.batch_size={small},{large}", "optim=adam", "sched=constant",
-        *sized(ctx, train=1024, val=512, epochs=4, tiny_train=64, tiny_val=32)])
+        f"trainer.batch_size={small},{large}", "optim=adam", "optim.lr=3e-3", "sched=constant",
+        *sized(ctx, train=2048, val=512, epochs=4, tiny_train=64, tiny_val=32)])
     acc = {(value(r, "norm.name"), int(value(r, "trainer.batch_size"))): final(r, "val/acc1") for r in records(res)}
     per_sample = [n for n in ("group", "layer") if n in norms]
     drop = {n: acc[(n, large)] - acc[(n, small)] for n in ("batch", *per_sample)}
@@ -84,7 +84,7 @@ def topic_normalization(ctx: LabContext) -> Outcome:
 def topic_optimizers(ctx: LabContext) -> Outcome:
     common = ["model=plain_cnn", f"model.depth={4 if ctx.tiny else 6}", f"model.width={8 if ctx.tiny else 32}",
               "model.down_every=2", "norm=batch", "sched=constant", "trainer.batch_size=32",
-              *sized(ctx, train=1024, val=512, epochs=4, tiny_train=64, tiny_val=32)]
+              *sized(ctx, train=4096, val=512, epochs=4, tiny_train=64, tiny_val=32)]
     sgd_lrs = "0.003,0.3" if ctx.tiny else "0.01,0.1,1.0"
     adam_lrs = "1e-4,1e-2" if ctx.tiny else "1e-4,1e-3,1e-2"
     sgd = records(ctx.sweep("sgd", ["optim=sgd", f"optim.lr={sgd_lrs}", "optim.weight_decay=0", *common]))
