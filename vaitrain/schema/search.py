@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 class SlurmConfig:
     """What each job asks SLURM for (submitit's `slurm_*` parameters)."""
     partition: str = ""  # "" = the cluster's default partition
-    gpus_per_job: int = 1
-    cpus_per_job: int = 4
+    gpus_per_job: int = 1  # GPUs each job asks for (submitit's gpus_per_node)
+    cpus_per_job: int = 4  # CPU cores each job asks for (cpus_per_task)
     mem_gb: int = 0  # 0 = the partition's default
-    timeout_min: int = 60
-    account: str = ""
-    qos: str = ""
-    constraint: str = ""
+    timeout_min: int = 60  # SLURM's time limit per job, minutes
+    account: str = ""  # --account ("" = your default)
+    qos: str = ""  # --qos ("" = the default)
+    constraint: str = ""  # --constraint, e.g. a GPU model ("" = any)
 
 
 @dataclass
