@@ -3,7 +3,6 @@ the quantity a lecture argument is about (variance by depth, gradient by depth, 
 step, the passes a Jacobian costs, the covariance left after normalization, the loss as an NLL)."""
 from __future__ import annotations
 
-import math
 import time
 from typing import Any, Callable, Sequence
 
@@ -409,7 +408,7 @@ def topic_inputnorm(ctx: LabContext) -> Outcome:
                 f"training images as loaded: |channel mean| <= {r['channel_mean']:.2g}, variances "
                 + ", ".join(f"{v:.3f}" for v in var), r["channel_mean"] < 0.05 and all(0.95 <= v <= 1.05 for v in var),
                 {"channel_mean": r["channel_mean"]}),
-        Finding("It leaves the correlations: neighbouring pixels and channels stay strongly correlated.",
+        Finding("It leaves the correlations: neighbouring pixels stay strongly correlated.",
                 f"largest off-diagonal covariance of 3x3 patches ({r['dims']} values): {r['patch_max_offdiag']:.3f}",
                 r["patch_max_offdiag"] > 0.3, {"patch_max_offdiag": r["patch_max_offdiag"]}),
         Finding("Whitening (ZCA, fitted on the training split) removes them: the covariance becomes the identity.",
@@ -473,4 +472,4 @@ def topic_losses(ctx: LabContext) -> Outcome:
 
 __all__ = ["topic_init", "topic_gradients", "topic_weightdecay", "topic_autodiff", "topic_inputnorm", "topic_losses",
            "init_measure", "gradients_measure", "decay_runs", "l2_step_matches", "autodiff_measure",
-           "inputnorm_measure", "jacobian_forward", "jacobian_reverse", "math"]
+           "inputnorm_measure", "jacobian_forward", "jacobian_reverse"]
