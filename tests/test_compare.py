@@ -98,6 +98,7 @@ def test_explicit_metric_mode_and_short_name(tmp_path: Path) -> None:
 def test_metric_modes() -> None:
     assert [metric_mode(t) for t in ("val/acc1", "val/miou", "val/dice", "val/loss", "val/rmse",
                                      "val/nll", "val/mae")] == ["max"] * 3 + ["min"] * 4
+    assert metric_mode("val/best_of_k") == "min"  # an error (closest of K means), despite "best"
 
 
 def test_segmentation_default_metric(tmp_path: Path) -> None:

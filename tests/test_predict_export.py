@@ -157,6 +157,27 @@ def test_predict_bad_inputs(runs, photos, tmp_path):
         assert r.exit_code == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.output
 
 
+@pytest.mark.parametrize("where", ["GPU", "CPU"])
+def test_out_of_memory_in_predict_and_eval_is_one_line(runs, photos, monkeypatch, where):
+    """An allocation failure outside training (predict, eval) names the resource and the setting."""
+    import vaitrain.engine
+    import vaitrain.predict
+
+    def oom(*_a, **_k):
+        if where == "GPU":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(vaitrain.predict, "predict", oom)
+    monkeypatch.setattr(vaitrain.engine, "evaluate_run", oom)
+    folder, _ = photos
+    for args in (["predict", str(runs["cls"]), str(folder / "wide.png")], ["eval", str(runs["cls"])]):
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 2, r.output
+        assert r.stderr.startswith(f"error: out of {where} memory in `{args[0]}`") and "batch size" in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.output
+
+
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_export_matches_pytorch(runs, tmp_path, fmt, one_thread):
     if fmt == "onnx":

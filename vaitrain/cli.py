@@ -109,6 +109,16 @@ def one_line_errors(fn: F) -> F:
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130)
+        except (MemoryError, RuntimeError) as err:
+            # train turns these into its own line (naming last.pt); eval, predict, export, models,
+            # inspect and lab meet them here
+            from vaitrain.engine.resources import is_out_of_memory
+
+            where = is_out_of_memory(err)
+            if where is None:
+                raise
+            fail(f"out of {where} memory in `{fn.__name__.rstrip('_').replace('_', '-')}`: lower the batch size "
+                 "(--batch-size or trainer.batch_size) or data.image_size, or use trainer.device=cpu, then run again")
 
     return wrapper  # type: ignore[return-value]
 
@@ -440,8 +450,12 @@ def predict(
     from vaitrain.predict import format_rows, predict as run_predict, summary_lines
     from vaitrain.track.progress import for_stderr
 
-    result = run_predict(run_dir, paths, checkpoint=checkpoint, out=out, topk=topk, batch_size=batch_size,
-                         overlay=overlay, device=device, progress=for_stderr())
+    progress = for_stderr()
+    try:
+        result = run_predict(run_dir, paths, checkpoint=checkpoint, out=out, topk=topk, batch_size=batch_size,
+                             overlay=overlay, device=device, progress=progress)
+    finally:
+        progress.close()  # finish() alone leaves a terminal's live display running
     for line in result.errors:
         typer.echo(f"skipped {line}", err=True)
     if not result.rows:

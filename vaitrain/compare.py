@@ -43,6 +43,8 @@ FORMATS = ("table", "markdown", "csv", "json")
 def metric_mode(tag: str) -> str:
     """'max' or 'min': which way a metric improves, from its name (acc/iou/dice up, loss/rmse down)."""
     leaf = tag.rsplit("/", 1)[-1].lower()
+    if leaf == "best_of_k":  # the error of the closest of K means: lower is better
+        return "min"
     if any(w in leaf for w in _MAX_WORDS):
         return "max"
     if any(w in leaf for w in _MIN_WORDS):
