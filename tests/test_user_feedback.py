@@ -387,3 +387,18 @@ def test_every_key_has_a_one_line_doc() -> None:
         undocumented |= {r[0] for r in option_rows("model", [f"model={model}"]) if not r[3]}
     undocumented |= {r[0] for r in option_rows() if not r[3]}
     assert not undocumented, f"add a `# what it does` comment to these schema fields: {sorted(undocumented)}"
+
+
+def test_options_list_the_sweep_search_recipe_and_top_level_keys() -> None:
+    """Every key the config accepts is listed somewhere: the sweep/search nodes, experiment= and the
+    top-level keys (seed, out_dir, resume, init_from, name) too."""
+    from vaitrain.config import compose, group_options
+    from vaitrain.options import option_rows
+
+    keys = {r[0] for r in option_rows()}
+    cfg = compose([])
+    for node in ("sweep", "search"):
+        assert {f"{node}.{k}" for k in cfg[node] if not hasattr(cfg[node][k], "keys")} <= keys
+    assert {"seed", "out_dir", "resume", "init_from", "name", "experiment="} <= keys
+    recipes = next(r for r in option_rows("experiment") if r[0] == "experiment=")[1].split()
+    assert recipes == group_options("experiment") and recipes

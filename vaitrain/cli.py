@@ -321,7 +321,7 @@ def options(
         group, given = None, [group, *given]
     rows = option_rows(group, given)
     table = Table(title="options (set as key=value; group= picks a file of conf/<group>/)", title_justify="left")
-    for col, kw in (("key", {"no_wrap": True}), ("allowed", {"overflow": "fold", "max_width": 34}),
+    for col, kw in (("key", {"no_wrap": True}), ("allowed", {"overflow": "fold", "min_width": 18, "max_width": 34}),
                     ("now", {"overflow": "fold", "max_width": 16}), ("what it does", {"overflow": "fold"})):
         table.add_column(col, **kw)
     for row in rows:

@@ -83,14 +83,25 @@ def _leaves(node: DictConfig, prefix: str) -> Iterable[tuple[str, Any, str]]:
 def option_rows(group: str | None = None, overrides: Iterable[str] = ()) -> list[list[str]]:
     """Rows [key, allowed values or range, current value, doc]: for each group (or just `group`)
     first `group=` and its options, then its keys in the composed config."""
-    groups = _config.GROUPS
-    if group is not None:
-        check_choice("group", group, groups)
-        groups = (group,)
     cfg = _config.compose(list(overrides))
+    # the groups, then the root's other nodes (sweep, search: no files to pick) and its plain keys
+    nodes = [str(k) for k in cfg if OmegaConf.is_dict(cfg._get_node(k))]  # noqa: SLF001
+    names = [*_config.GROUPS, *(n for n in nodes if n not in _config.GROUPS), _config.EXPERIMENT, "top"]
+    if group is not None:
+        check_choice("group", group, names)
+        names = [group]
     rows: list[list[str]] = []
-    for g in groups:
-        options = _config.group_options(g)
+    for g in names:
+        if g == _config.EXPERIMENT:
+            rows.append([f"{g}=", " ".join(_config.group_options(g)), "",
+                         "a recipe: a file of conf/experiment/ holding only changes to the defaults"])
+            continue
+        if g == "top":
+            docs = _field_docs(OmegaConf.get_type(cfg)) if OmegaConf.get_type(cfg) else {}
+            rows += [[str(k), _allowed(str(k), cfg[k]), _show(cfg[k]), docs.get(str(k), "")]
+                     for k in cfg if str(k) not in nodes]
+            continue
+        options = _config.group_options(g) if g in _config.GROUPS else []
         chosen = str(cfg[g].get("name", "")) if "name" in cfg[g] else ""
         if len(options) > 1:
             rows.append([f"{g}=", " ".join(options), chosen, f"which {g} (a file in conf/{g}/)"])

@@ -53,7 +53,7 @@ class RootConfig:
     bench: BenchConfig = field(default_factory=BenchConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)  # train -m: jobs at once, launcher
     search: SearchConfig = field(default_factory=SearchConfig)  # vaitrain search (Optuna)
-    seed: int = 0
+    seed: int = 0  # seeds the weights, the data order and the augmentation (same seed, same run)
     out_dir: str = "runs"  # run directories go under <out_dir>/<date>/
     resume: Optional[str] = None  # a run directory to continue
     init_from: Optional[str] = None  # a run directory or checkpoint file: its model weights start a new run
