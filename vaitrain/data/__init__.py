@@ -11,7 +11,6 @@ from typing import Any
 
 import torch
 
-from vaitrain.data import folders, shapes, torchvision_sets  # noqa: F401  (register the sources)
 from vaitrain.data.base import SOURCES, Source, TensorSplit, check_task, resident_mode
 from vaitrain.data.augment import AugmentSpec
 from vaitrain.data.mix import MixSpec

@@ -86,7 +86,8 @@ def check_task(name: str, task: str) -> Entry:
     if name not in SOURCES:
         from vaitrain.errors import closest_first
 
-        raise ConfigError(f"data.name={name} is not a dataset; choose one of: {', '.join(closest_first(name, SOURCES))}")
+        known = {*SOURCES, *registry.DATASETS.names}  # the registry's modules are imported when built
+        raise ConfigError(f"data.name={name} is not a dataset; choose one of: {', '.join(closest_first(name, known))}")
     entry = SOURCES[name]
     if task not in entry.tasks:
         raise ConfigError(
