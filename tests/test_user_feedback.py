@@ -402,3 +402,12 @@ def test_options_list_the_sweep_search_recipe_and_top_level_keys() -> None:
     assert {"seed", "out_dir", "resume", "init_from", "name", "experiment="} <= keys
     recipes = next(r for r in option_rows("experiment") if r[0] == "experiment=")[1].split()
     assert recipes == group_options("experiment") and recipes
+
+
+def test_choice_lists_lead_with_the_closest_then_go_alphabetically() -> None:
+    from vaitrain.errors import closest_first
+
+    assert closest_first("resnt20", ["unet", "resnet32", "resnet20", "densenet40", "alpha"]) == [
+        "resnet20", "resnet32", "alpha", "densenet40", "unet"]
+    assert closest_first("res", ["unet", "resnet20", "resnet110"])[:2] == ["resnet110", "resnet20"]  # completions
+    assert closest_first("zzz", ["b", "a"]) == ["a", "b"]

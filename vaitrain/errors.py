@@ -37,12 +37,13 @@ class TrainingError(VaitrainError):
 
 
 def closest_first(value: str, choices: Iterable[str]) -> list[str]:
-    """Choices ordered by similarity to `value` (closest first), then alphabetically."""
-    def key(choice: str) -> tuple[bool, float, str]:
-        ratio = difflib.SequenceMatcher(None, value, choice).ratio()
-        return (not choice.startswith(value), -ratio, choice)  # a completion of the typo first
-
-    return sorted(set(choices), key=key)
+    """The choices that look like `value` (completions of it, then up to 3 close spellings, closest
+    first), then all the others alphabetically: the likely fix leads and the rest is easy to scan."""
+    choices = sorted(set(choices))
+    completions = [c for c in choices if value and c.startswith(value)]
+    similar = difflib.get_close_matches(value, [c for c in choices if c not in completions], n=3, cutoff=0.6)
+    lead = completions + similar
+    return lead + [c for c in choices if c not in lead]
 
 
 def check_choice(key: str, value: str, choices: Iterable[str]) -> None:
