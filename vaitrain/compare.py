@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from vaitrain.errors import ConfigError, RunDirError
-from vaitrain.track.runs import Run, find_runs, load_run
+from vaitrain.track.runs import Run, find_runs, load_run, load_runs  # noqa: F401 - find_runs, load_run re-exported
 
 # The validation metric each task is judged by (val/<metric>), as the tasks' main_metric.
 MAIN_METRIC = {"classification": "acc1", "segmentation": "miou", "regression": "rmse"}
@@ -188,16 +188,7 @@ class CompareResult:
 def compare_paths(args: Sequence[str | Path], metrics: Sequence[str] = (), sort: str | None = None) -> CompareResult:
     """find_runs + load_run + compare, for compare-runs and the end of a sweep. A folder that
     cannot be read is a warning; no run at all is an error."""
-    paths, warnings = find_runs(args)
-    runs = []
-    for p in paths:
-        try:
-            runs.append(load_run(p))
-        except RunDirError as err:
-            warnings.append(f"{err}; skipped")
-    if not runs:
-        why = "; ".join(warnings) if warnings else "no arguments"
-        raise RunDirError(f"no run directories found ({why}); pass runs/<date>/<run>, a sweep folder or a glob")
+    runs, warnings = load_runs(args)
     return CompareResult(runs, compare(runs, metrics, sort), warnings)
 
 

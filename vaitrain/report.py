@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from vaitrain.compare import Comparison, compare
-from vaitrain.track.runs import Run, find_runs, load_run
+from vaitrain.track.runs import Run, load_runs
 from vaitrain.errors import RunDirError, VaitrainError
 from vaitrain.track.files import write_text_atomic
 
@@ -268,20 +268,6 @@ class ReportResult:
     runs: list[Run]
     comparison: Comparison
     warnings: list[str] = field(default_factory=list)
-
-
-def load_runs(paths: Sequence[str | Path]) -> tuple[list[Run], list[str]]:
-    found, warnings = find_runs(paths)
-    runs = []
-    for p in found:
-        try:
-            runs.append(load_run(p))
-        except RunDirError as err:
-            warnings.append(f"{err}; skipped")
-    if not runs:
-        why = "; ".join(warnings) if warnings else "no arguments"
-        raise RunDirError(f"no run directories found ({why}); pass runs/<date>/<run>, a sweep folder or a glob")
-    return runs, warnings
 
 
 def run_sections(runs: Sequence[Run], comp: Comparison) -> list[Section]:

@@ -244,3 +244,19 @@ def find_runs(args: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
                 warnings.append(f"'{p}' is not a run directory (no config.yaml + metrics.jsonl) "
                                 "and holds none; skipped")
     return runs, warnings
+
+
+def load_runs(paths: Sequence[str | Path]) -> tuple[list[Run], list[str]]:
+    """find_runs + load_run: the runs and the warning lines (arguments that hold no run, folders
+    that cannot be read). No run at all is an error."""
+    found, warnings = find_runs(paths)
+    runs = []
+    for p in found:
+        try:
+            runs.append(load_run(p))
+        except RunDirError as err:
+            warnings.append(f"{err}; skipped")
+    if not runs:
+        why = "; ".join(warnings) if warnings else "no arguments"
+        raise RunDirError(f"no run directories found ({why}); pass runs/<date>/<run>, a sweep folder or a glob")
+    return runs, warnings
