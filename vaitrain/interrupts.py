@@ -9,7 +9,7 @@ from __future__ import annotations
 import signal
 import threading
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from vaitrain.errors import Interrupted
 
@@ -17,21 +17,29 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextmanager
-def startup_signals() -> Iterator[None]:
-    """Turn a stop signal into `Interrupted` (a one-line error) for the duration."""
+def handling(handler: Callable[[int, Any], None], signals: Sequence[int] = STOP_SIGNALS) -> Iterator[None]:
+    """`handler` for `signals` for the duration, the previous handlers after. Only the main thread
+    may install handlers: elsewhere (a sweep run from a thread) it does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def handler(signum: int, _frame: Any) -> None:
-        name = signal.Signals(signum).name
-        raise Interrupted(f"stopped by {name} during start-up, before training began; nothing was trained", signum)
-
-    old = {s: signal.getsignal(s) for s in STOP_SIGNALS}
-    for s in STOP_SIGNALS:
+    old = {s: signal.getsignal(s) for s in signals}
+    for s in signals:
         signal.signal(s, handler)
     try:
         yield
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+@contextmanager
+def startup_signals() -> Iterator[None]:
+    """Turn a stop signal into `Interrupted` (a one-line error) for the duration."""
+
+    def handler(signum: int, _frame: Any) -> None:
+        name = signal.Signals(signum).name
+        raise Interrupted(f"stopped by {name} during start-up, before training began; nothing was trained", signum)
+
+    with handling(handler):
+        yield

@@ -22,11 +22,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from vaitrain.errors import ConfigError
 
@@ -125,27 +124,12 @@ class _StopRequest:
         self.signum = 0
 
     def installed(self) -> Any:
-        from contextlib import contextmanager
+        from vaitrain.interrupts import handling
 
-        @contextmanager
-        def ctx() -> Iterator[None]:
-            if threading.current_thread() is not threading.main_thread():
-                yield
-                return
-            old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        def handler(signum: int, _frame: Any) -> None:
+            self.signum = self.signum or signum
 
-            def handler(signum: int, _frame: Any) -> None:
-                self.signum = self.signum or signum
-
-            for s in old:
-                signal.signal(s, handler)
-            try:
-                yield
-            finally:
-                for s, h in old.items():
-                    signal.signal(s, h)
-
-        return ctx()
+        return handling(handler)
 
 
 def cpu_threads(parallel: int) -> int:
