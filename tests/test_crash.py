@@ -142,10 +142,10 @@ def test_sigkill_at_random_moments_then_resume_finishes(tmp_path, reference):
 def _die_before_first_epoch_checkpoint() -> None:
     save = train_mod.Trainer._save
 
-    def save_or_die(self, name):
+    def save_or_die(self, *names):
         if self.epoch == 1 and self.batch_in_epoch == 0:  # epoch 1 validated and recorded, not saved
             os.kill(os.getpid(), signal.SIGKILL)
-        save(self, name)
+        save(self, *names)
 
     train_mod.Trainer._save = save_or_die
 

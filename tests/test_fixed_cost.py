@@ -17,3 +17,22 @@ def test_grid_equals_torchvisions_make_grid(n: int, c: int, nrow: int, pad: int)
     theirs = make_grid(torch.stack(cells), nrow=nrow, padding=pad, pad_value=0.5)
     assert ours.shape == theirs.shape
     assert torch.equal(ours, theirs)
+
+
+def test_an_improved_epoch_writes_one_serialization_to_last_and_best(tmp_path, monkeypatch):
+    """last.pt and best.pt of the same epoch are the same bytes, serialized once."""
+    from vaitrain.engine import prepare, train
+    from vaitrain.track import files
+
+    calls = []
+    real = files.torch_bytes
+    monkeypatch.setattr("vaitrain.engine.checkpoint.torch_bytes", lambda obj: calls.append(obj["epoch"]) or real(obj))
+    cfg, overrides = prepare(["model.width_mult=0.25", "data.image_size=16", "data.num_train=64", "data.num_val=32",
+                              "trainer.batch_size=32", "trainer.progress=none", "trainer.epochs=1",
+                              "trainer.threads=1", f"out_dir={tmp_path}"])
+    run = train(cfg, overrides).run_dir
+    assert calls == [1]  # epoch 1 improves on nothing: one serialization for both files
+    last, best = (run / "checkpoints" / name for name in ("last.pt", "best.pt"))
+    assert last.read_bytes() == best.read_bytes()
+    state = torch.load(best, weights_only=True)
+    assert state["epoch"] == 1 and state["best"]["epoch"] == 1

@@ -13,23 +13,25 @@ import torch
 from torch import nn
 
 from vaitrain.errors import CheckpointError, RunDirError
-from vaitrain.track.files import torch_save_atomic
+from vaitrain.track.files import torch_bytes, write_bytes_atomic
 
 FORMAT = 1
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write atomically; a failed write (disk full, quota, I/O error) leaves the previous file whole
-    and is one RunDirError naming what was kept."""
-    path = Path(path)
-    try:
-        torch_save_atomic({"format": FORMAT, **state}, path)
-    except OSError as err:
-        kept = f"the previous {path.name} is kept" if path.is_file() else f"no {path.name} was written yet"
-        raise RunDirError(
-            f"cannot write checkpoint '{path}' ({err.strerror or err}); {kept}: free space on that disk "
-            "(or start on another with out_dir=DIR), then continue with resume=RUN_DIR"
-        ) from None
+def save_checkpoint(path: Path, state: dict[str, Any], *also: Path) -> None:
+    """Write atomically to `path` (and then to each of `also`: the same state, e.g. last.pt and
+    best.pt, serialized once); a failed write (disk full, quota, I/O error) leaves the previous file
+    whole and is one RunDirError naming what was kept."""
+    data = torch_bytes({"format": FORMAT, **state})
+    for target in (Path(path), *map(Path, also)):
+        try:
+            write_bytes_atomic(target, data)
+        except OSError as err:
+            kept = f"the previous {target.name} is kept" if target.is_file() else f"no {target.name} was written yet"
+            raise RunDirError(
+                f"cannot write checkpoint '{target}' ({err.strerror or err}); {kept}: free space on that disk "
+                "(or start on another with out_dir=DIR), then continue with resume=RUN_DIR"
+            ) from None
 
 
 def remove_partial_checkpoints(folder: Path) -> None:

@@ -142,6 +142,8 @@ class RunStore:
             shutil.rmtree(self.run_dir, ignore_errors=True)
         self.close()
 
-    def save(self, name: str, state: dict[str, Any]) -> None:
+    def save(self, names: tuple[str, ...], state: dict[str, Any]) -> None:
+        """The same state to each checkpoint named (in order), serialized once."""
         if self.ctx.is_main:
-            save_checkpoint(self.folder / name, state)
+            first, *more = names
+            save_checkpoint(self.folder / first, state, *(self.folder / name for name in more))

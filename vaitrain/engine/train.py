@@ -169,9 +169,10 @@ class Trainer:
         self.step = int(state["step"])
         self.best = dict(state.get("best") or self.best)
 
-    def _save(self, name: str) -> None:
+    def _save(self, *names: str) -> None:
+        """The state, serialized once, to each checkpoint named (last.pt, and best.pt when improved)."""
         if self.ctx.is_main:
-            self.store.save(name, self._state())
+            self.store.save(names, self._state())
 
     def _agree_stop(self, stop: StopFlag) -> bool:
         """Whether to stop after this step (every rank stops at the same step)."""
@@ -200,9 +201,7 @@ class Trainer:
                     last = {**train_metrics, **val}
                     improved = self._update_best(val)
                     records.epoch(self.epoch, self.step, last, self.task.main_metric)
-                    self._save(LAST)
-                    if improved:
-                        self._save(BEST)
+                    self._save(LAST, *([BEST] if improved else []))
                     ended = self._ends_early(stop, last, run_epochs, epochs, stop_after)
                     if ended:
                         status = ended

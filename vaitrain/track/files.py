@@ -57,6 +57,11 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def torch_save_atomic(obj: Any, path: Path) -> None:
     """torch.save through an in-memory buffer, then an atomic write."""
+    write_bytes_atomic(path, torch_bytes(obj))
+
+
+def torch_bytes(obj: Any) -> bytes:
+    """What torch.save writes for `obj` (serialized once where it goes to several files)."""
     buf = io.BytesIO()
     torch.save(obj, buf)
-    write_bytes_atomic(path, buf.getvalue())
+    return buf.getvalue()
