@@ -9,14 +9,16 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, List, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, TypeVar
 
 import typer
 from typer.core import TyperGroup
-from rich.console import Console
-from rich.table import Table
 
 from vaitrain.errors import Interrupted, VaitrainError
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
 
 class OneLineUsageErrors(TyperGroup):
     """Usage errors (an unknown option such as `-0` or `--multrun`, a missing argument, a mistyped
@@ -54,7 +56,23 @@ app = typer.Typer(
     add_completion=True,  # --install-completion: groups, options and keys complete (vaitrain/options.py)
     pretty_exceptions_enable=False,
 )
-console = Console()
+
+
+class _Console:
+    """rich's Console, made on first use: `vaitrain train` prints no table, and importing rich
+    cost every run ~0.02 CPU s."""
+
+    made: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if _Console.made is None:
+            from rich.console import Console
+
+            _Console.made = Console()
+        return getattr(_Console.made, name)
+
+
+console = _Console()
 F = TypeVar("F", bound=Callable[..., Any])
 
 OVERRIDES_HELP = ("Hydra overrides: group=option (optim=adam) or key=value (trainer.epochs=3); "
@@ -127,6 +145,7 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
     # the title stays on one line (a 2-column table is narrower than its title); numbers are never
     # split across lines: the text columns (layer names, notes) fold instead
     from rich import box
+    from rich.table import Table
 
     wide = len(columns) >= 6  # light rules: 8 columns of numbers fit about 100 columns whole
     table = Table(title=title, min_width=min(len(title) + 4, console.width),
@@ -319,6 +338,8 @@ def options(
     given = list(overrides or [])
     if group is not None and "=" in group:  # `vaitrain options model=unet`: no group named
         group, given = None, [group, *given]
+    from rich.table import Table
+
     rows = option_rows(group, given)
     table = Table(title="options (set as key=value; group= picks a file of conf/<group>/)", title_justify="left")
     for col, kw in (("key", {"no_wrap": True}), ("allowed", {"overflow": "fold", "min_width": 18, "max_width": 34}),
