@@ -152,9 +152,9 @@ def test_training_topics_run_as_sweeps_and_report(tmp_path, topic):
 
 def test_optimizers_topic_resumes_without_retraining(tmp_path):
     first = run_topic("optimizers", size="tiny", out_dir=tmp_path, overrides=TINY)
-    assert [s.parent.parent.name for s in first.sweeps] == ["sgd", "adam", "alrao"]
+    assert [s.parent.parent.name for s in first.sweeps] == ["sgd", "adam", "alrao", "alrao_grid"]
     before = {p: p.read_bytes() for p in first.lab_dir.rglob("metrics.jsonl")}
-    assert len(before) == 5
+    assert len(before) == 6
     again = run_topic("optimizers", size="tiny", out_dir=tmp_path, resume=first.lab_dir)
     assert again.lab_dir == first.lab_dir
     assert {p: p.read_bytes() for p in first.lab_dir.rglob("metrics.jsonl")} == before  # nothing retrained
