@@ -36,3 +36,22 @@ def test_an_improved_epoch_writes_one_serialization_to_last_and_best(tmp_path, m
     assert last.read_bytes() == best.read_bytes()
     state = torch.load(best, weights_only=True)
     assert state["epoch"] == 1 and state["best"]["epoch"] == 1
+
+
+def test_a_training_run_imports_no_torchvision_rich_or_other_datasets(tmp_path):
+    """What a `vaitrain train` process on the shapes data does not need, it does not import (each
+    cost every run CPU time): torchvision (sample grids are plain torch), rich (no table is
+    printed), the other datasets' modules (imported from the registry when built)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom vaitrain.cli import main\n"
+            "sys.argv = ['vaitrain', 'train', 'model.width_mult=0.25', 'data.image_size=16', 'data.num_train=64',"
+            " 'data.num_val=32', 'trainer.batch_size=32', 'trainer.epochs=1', 'trainer.threads=1',"
+            f" 'trainer.progress=none', 'out_dir={tmp_path}']\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "print(sorted(m for m in ('torchvision', 'rich', 'vaitrain.data.folders', 'vaitrain.data.torchvision_sets',"
+            " 'vaitrain.data.shapes', 'vaitrain.tasks.images') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "['vaitrain.data.shapes', 'vaitrain.tasks.images']"
+    assert list(tmp_path.glob("*/*/tb/events.out.tfevents.*")), "the run wrote its TensorBoard records"
