@@ -557,38 +557,7 @@ def report(
 
 
 def main() -> None:
-    args = sys.argv[1:]
-    if args[:1] == ["train"] and _plain(args[1:]):
-        _train_directly(args[1:])
     app()
-
-
-def _plain(overrides: list[str]) -> bool:
-    """Only overrides (no option such as -m or --help) and no shell-completion request."""
-    return not any(a.startswith("-") for a in overrides) and not any(k.endswith("_COMPLETE") for k in os.environ)
-
-
-def _train_directly(overrides: list[str]) -> None:
-    """`vaitrain train key=value ...` without Typer's argument handling, which imports pydantic to
-    turn a list of strings into a list of strings (~0.05 CPU s of every run). Exits as Typer
-    would (OneLineUsageErrors.main): the command's exit code, "aborted" on end of input, 1 on a
-    closed pipe."""
-    import errno
-
-    try:
-        train(overrides, False)
-    except typer.Exit as err:
-        sys.exit(err.exit_code)
-    except EOFError:
-        typer.echo("", err=True)
-        typer.echo("aborted", err=True)
-        sys.exit(1)
-    except OSError as err:
-        if err.errno != errno.EPIPE:
-            raise
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
-        sys.exit(1)
-    sys.exit(0)
 
 
 if __name__ == "__main__":
