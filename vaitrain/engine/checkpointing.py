@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import shutil
 import signal
-import threading
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ContextManager
 
 import torch
 
@@ -31,12 +29,8 @@ class StopFlag:
     def __init__(self) -> None:
         self.signum = 0
 
-    @contextmanager
-    def installed(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    def installed(self) -> ContextManager[None]:
+        from vaitrain.interrupts import handling
 
         def handler(signum: int, _frame: Any) -> None:
             if self.signum and signum == signal.SIGINT:  # a second Ctrl-C: stop now
@@ -45,13 +39,7 @@ class StopFlag:
             # and torchrun forwards its own SIGTERM too; SIGKILL is the way to stop at once.
             self.signum = self.signum or signum
 
-        for s in old:
-            signal.signal(s, handler)
-        try:
-            yield
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
+        return handling(handler)
 
     def agree(self) -> int:
         """The signal to stop on, the same on every rank: a signal that reached any rank stops all
