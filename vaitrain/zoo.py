@@ -67,23 +67,3 @@ def _model_row(name: str, overrides: list[str], data: Any, task: Any, shape: tup
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return [name, f"{params:,}", math.nan, math.nan, f"FLOPs not counted: {type(err).__name__}: {reason}"]
     return [name, f"{params:,}", flops["forward_per_sample"] / 1e9, flops["train_per_sample"] / 1e9, ""]
-
-
-def init_table(overrides: list[str]) -> tuple[str, list[str], list[list[Any]]]:
-    """At initialization, per layer: activation mean and variance, gradient RMS, for one batch."""
-    from vaitrain.inspect_init import init_report
-
-    cfg = compose(overrides)
-    torch.manual_seed(int(cfg.seed))
-    data, task = _data_and_task(cfg)
-    model = build_model(cfg.model, cfg.norm, in_channels=data.in_channels, num_outputs=task.num_outputs,
-                        image_size=data.image_size, dense=task.dense)
-    data.train.set_epoch(0)
-    x, y = next(iter(data.train))
-    rows = init_report(model, x, loss_fn=lambda out: task.loss(out, y), seed=int(cfg.seed))
-    columns = ["layer", "type", "output shape", "act mean", "act var", "grad norm", "grad rms", "weight var"]
-    table = [[r["name"], r["type"], "x".join(map(str, r["shape"])), r["act_mean"], r["act_var"],
-              r["grad_norm"], r["grad_rms"], r.get("weight_var", "")] for r in rows]
-    title = (f"{cfg.model.name} at init (init={cfg.model.init}, act={cfg.model.act}, norm={cfg.norm.name}), "
-             f"one batch of {x.shape[0]}, loss = the task's")
-    return title, columns, table

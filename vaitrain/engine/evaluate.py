@@ -96,6 +96,19 @@ def load_run_config(run_dir: Path, extra: list[str] = ()) -> tuple[DictConfig, l
     return compose(overrides), overrides
 
 
+def load_run_checkpoint(run_dir: Path, checkpoint: str, overrides: list[str] = ()
+                        ) -> tuple[DictConfig, Path, dict[str, Any]]:
+    """The run's config (+ overrides), the checkpoint file (`best` falls back to last.pt when a run
+    stopped before its first validation) and its state, checked to be of the config's task."""
+    cfg, _ = load_run_config(run_dir, list(overrides))
+    path = resolve_checkpoint(run_dir, checkpoint)
+    if checkpoint == "best" and not path.is_file():
+        path = resolve_checkpoint(run_dir, "last")
+    state = load_checkpoint(path)
+    check_task(path, state, cfg.task.name)
+    return cfg, path, state
+
+
 SPLITS = ("val", "test")
 
 
@@ -105,12 +118,7 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", overrides: list[str] =
     trained with; `per_class` holds per-class accuracy (classification) or IoU/Dice (segmentation)."""
     if split not in SPLITS:
         raise ConfigError(f"--split {split} is not a split; choose one of: {', '.join(SPLITS)}")
-    cfg, _ = load_run_config(run_dir, list(overrides))
-    path = resolve_checkpoint(run_dir, checkpoint)
-    if checkpoint == "best" and not path.is_file():
-        path = resolve_checkpoint(run_dir, "last")
-    state = load_checkpoint(path)
-    check_task(path, state, cfg.task.name)
+    cfg, path, state = load_run_checkpoint(run_dir, checkpoint, overrides)
     device = resolve_device(cfg.trainer.device)
     precision = resolve_precision(cfg.trainer.precision, device)
     c = build_components(cfg, device, stats=state.get("data_stats"), test=split == "test")

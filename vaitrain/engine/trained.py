@@ -12,8 +12,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from vaitrain.engine.checkpoint import check_compatible, check_task, load_checkpoint
-from vaitrain.engine.evaluate import load_run_config, resolve_checkpoint
+from vaitrain.engine.checkpoint import check_compatible
+from vaitrain.engine.evaluate import load_run_checkpoint
 
 
 @dataclass
@@ -44,12 +44,7 @@ def load_trained(run_dir: Path, checkpoint: str = "best", overrides: list[str] =
     from vaitrain.optim import build_optimization
     from vaitrain.tasks import build_task
 
-    cfg, _ = load_run_config(run_dir, list(overrides))
-    path = resolve_checkpoint(run_dir, checkpoint)
-    if checkpoint == "best" and not path.is_file():
-        path = resolve_checkpoint(run_dir, "last")
-    state = load_checkpoint(path)
-    check_task(path, state, cfg.task.name)
+    cfg, path, state = load_run_checkpoint(run_dir, checkpoint, overrides)
     stats = {k: torch.as_tensor(v).float() for k, v in (state.get("data_stats") or {}).items()}
     info = state.get("data_info") or _info_from_data(cfg, stats)
     data = SimpleNamespace(num_classes=info["num_classes"], target_dim=info["target_dim"],
