@@ -172,3 +172,19 @@ def test_report_loads_in_headless_chromium(made, tmp_path):
     assert widths, checked.stdout[:500]
     values = widths.group(1).split(",")
     assert len(values) == len(parse(page).srcs) and all(v.isdigit() and int(v) > 0 for v in values), values
+
+
+def test_curves_have_whole_epoch_ticks(made, monkeypatch):
+    """Epoch axes are ticked at whole epochs (a run of 2 epochs showed 1.0, 1.5, 2.0)."""
+    import vaitrain.report as report
+    from vaitrain.track.runs import load_run
+
+    seen = []
+    monkeypatch.setattr(report, "png_bytes", lambda fig, dpi=90: seen.append(fig) or b"png")
+    _, runs = made
+    loaded = [load_run(r) for r in runs]
+    assert report.curves_png(loaded, "val/loss", []) == b"png"
+    ax = seen[0].axes[0]
+    ax.figure.canvas.draw()
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ax.get_xlabel() == "epoch" and ticks and all(float(t).is_integer() for t in ticks), ticks

@@ -122,6 +122,10 @@ def curves_png(runs: Sequence[Run], tag: str, keys: Sequence[str]) -> bytes | No
         ax.set_yscale("log")
     ax.set_title(f"{tag} ({metric_mode(tag)} is better)" if tag.startswith(("val", "test")) else tag)
     ax.set_xlabel("epoch" if by_epoch else "step")
+    if by_epoch:  # whole epochs on the axis (train points between them stay where they fall)
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     return png_bytes(fig)
