@@ -187,8 +187,8 @@ def user_conf(tmp_path) -> Path:
     ("+experiment=nopkg", r"^error: unknown key 'experiment' in config file {conf}/experiment/nopkg.yaml"),
     ("+experiment=newtop", r"^error: unknown key 'newkey' in config file {conf}/experiment/newtop.yaml"),
     ("+experiment=nan", r"^error: "),  # Hydra reads the option name 'nan' as a float: one line all the same
-    ("+experiment=missing", r"^error: In 'config': Could not find 'experiment/missing' Available options in "
-                            r"'experiment': .*typo$"),
+    ("+experiment=missing", r"^error: experiment=missing is not a valid choice; choose one of: .*cifar10_resnet20.*"
+                            r"typo$"),  # the packaged recipes and the user folder's
     ("optim=mine", r"^error: unknown key 'lrr' in config file {conf}/optim/mine.yaml"),
 ])
 def test_user_config_file_errors_name_the_real_file(tmp_path, user_conf, choice, pattern):

@@ -77,3 +77,15 @@ def test_a_users_own_recipe_folder_loads_with_hydra_searchpath(tmp_path, monkeyp
     cfg = compose(["experiment=mine", "hydra.searchpath=[file://my_conf]"])
     assert cfg.model.name == "resnet56" and cfg.trainer.epochs == 7
     assert compose(["experiment=mine", "hydra.searchpath=[file://my_conf]", "trainer.epochs=2"]).trainer.epochs == 2
+
+
+def test_an_unknown_recipe_is_one_line_with_the_recipes_listed() -> None:
+    from typer.testing import CliRunner
+
+    from vaitrain.cli import app
+    from vaitrain.config import group_options
+
+    r = CliRunner().invoke(app, ["train", "experiment=cifar10_resnt20"])
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1
+    listed = r.stderr.split("choose one of: ", 1)[1].strip().split(", ")
+    assert listed[0] == "cifar10_resnet20" and sorted(listed) == group_options("experiment")

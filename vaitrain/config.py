@@ -161,7 +161,7 @@ def _check_group_choices(parsed: Iterable[Any]) -> None:
     extra = checks.search_dirs(parsed)
     for ov in parsed:
         key = ov.key_or_group
-        if key in GROUPS and not ov.is_delete():
+        if key in (*GROUPS, EXPERIMENT) and not ov.is_delete():
             values = ov.sweep_string_iterator() if ov.is_sweep_override() else [ov.value()]
             for value in values:
                 check_choice(key, str(value), group_options(key, extra))
