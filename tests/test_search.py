@@ -159,6 +159,43 @@ def test_two_processes_share_one_sqlite_study(tmp_path: Path) -> None:
     assert {Path(d).parents[2].name for d in run_dirs} == {"p0", "p1"}
 
 
+def _open_one(url: str, serialize: bool, q: Any) -> None:
+    import contextlib
+    import warnings
+
+    import vaitrain.search as search
+
+    warnings.simplefilter("ignore")
+    if not serialize:  # the retry alone, as for a server database that no folder lock covers
+        search._sqlite_folder_lock = lambda _url: contextlib.nullcontext()
+    try:
+        storage = search._open_storage(optuna, url, 30)
+        optuna.create_study(study_name="shared", storage=storage, load_if_exists=True)
+        q.put("ok")
+    except BaseException as err:  # noqa: BLE001 - the parent reports it
+        q.put(f"{type(err).__name__}: {err}")
+
+
+@pytest.mark.parametrize("serialize", [True, False], ids=["folder_lock", "retry_only"])
+def test_several_processes_create_one_new_sqlite_study_at_once(tmp_path: Path, serialize: bool) -> None:
+    """CI once lost this race: the second creator hit 'UNIQUE constraint failed: alembic_version'.
+    Six creators at once lost it in about a quarter of rounds before the fix."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    for r in range(4):
+        url = f"sqlite:///{tmp_path / f'r{r}.db'}"
+        q = ctx.Queue()
+        procs = [ctx.Process(target=_open_one, args=(url, serialize, q)) for _ in range(6)]
+        for p in procs:
+            p.start()
+        outcomes = [q.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join(timeout=60)
+        assert outcomes == ["ok"] * 6, [o for o in outcomes if o != "ok"][0]
+        assert [s.study_name for s in optuna.get_all_study_summaries(url)] == ["shared"]
+
+
 def test_a_killed_search_resumes_its_trial_from_last_pt(tmp_path: Path) -> None:
     out = tmp_path / "runs"
     epochs = 4

@@ -17,14 +17,16 @@ and queues them to resume with `vaitrain search resume=<search folder>`.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
+import os
 import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from omegaconf import DictConfig
 
@@ -422,27 +424,61 @@ def run_search(overrides: Sequence[str], *, progress: Progress | None = None,
 
 
 def _open_storage(optuna: Any, url: str, beat: int) -> Any:
-    """Optuna's RDB storage with heartbeats. Two processes creating one new database at once can
-    race on its tables ("table ... already exists", "database is locked"): the loser retries."""
+    """Optuna's RDB storage with heartbeats. Two processes creating one new database at once race
+    on its tables and on the schema-version row ("table ... already exists", "UNIQUE constraint
+    failed: alembic_version", "database is locked"). For a SQLite file the opening is serialized by
+    a lock on the file's folder; any other database's loser retries."""
     import time
 
-    for attempt in range(6):
-        try:
-            return optuna.storages.RDBStorage(url, heartbeat_interval=beat, grace_period=2 * beat,
-                                              heartbeat_stale_trial_callback=_retry_stale)
-        except Exception as err:
-            text = " ".join(str(err).split())
-            if attempt < 5 and ("already exists" in text or "locked" in text):
-                time.sleep(0.3 * (attempt + 1))
-                continue
-            raise ConfigError(f"search.storage={url}: cannot open it ({text[:160]})") from None
+    with _sqlite_folder_lock(url):
+        attempt = 0
+        while True:
+            try:
+                return optuna.storages.RDBStorage(url, heartbeat_interval=beat, grace_period=2 * beat,
+                                                  heartbeat_stale_trial_callback=_retry_stale)
+            except Exception as err:
+                text = " ".join(str(err).split())
+                attempt += 1
+                if attempt >= 8 or not any(m in text.lower() for m in _CREATE_RACE):
+                    raise ConfigError(f"search.storage={url}: cannot open it ({text[:160]})") from None
+                time.sleep(0.2 * attempt)
+
+
+# what a database says when another process created its tables or version row a moment earlier
+_CREATE_RACE = ("already exists", "locked", "unique constraint", "duplicate key", "integrityerror")
+
+
+@contextlib.contextmanager
+def _sqlite_folder_lock(url: str) -> Iterator[None]:
+    """An exclusive flock on the folder of a sqlite:/// database file while it is opened (a folder,
+    so no lock file is left beside the user's database; the kernel drops it if the process dies)."""
+    import fcntl
+
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:
+        parsed = None
+    name = parsed.database if parsed is not None and parsed.get_backend_name() == "sqlite" else None
+    if not name or name == ":memory:" or name.startswith("file:"):
+        yield
+        return
+    try:
+        fd = os.open(Path(name).expanduser().resolve().parent, os.O_RDONLY)
+    except OSError:
+        yield  # a missing folder: RDBStorage says so in its own error
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _trial_seed(seed: int, n_trials: int, shared: bool) -> int:
     """A well-mixed seed per trial (consecutive seeds give correlated first draws); in a shared
     study each process adds its pid so two drivers asking at once draw differently."""
-    import os
-
     import numpy as np
 
     parts = [seed, n_trials] + ([os.getpid()] if shared else [])
