@@ -19,6 +19,7 @@ import csv
 import glob
 import io
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 
 from vaitrain.data.augment import normalize, normalizer
 from vaitrain.data.images import SQUASH, Fit, is_image, load_image_sized, parallel_map
-from vaitrain.errors import ConfigError, DataError, VaitrainError
+from vaitrain.errors import ConfigError, DataError, RunDirError, VaitrainError
 
 FORMATS = ("csv", "json")
 
@@ -80,6 +81,27 @@ def _output_format(out: Path | None, task: str) -> str | None:
     return suffix
 
 
+def _check_out(out: Path, fmt: str | None) -> None:
+    """Refuse an --out that cannot be written before any image is decoded (not after the work):
+    a folder where a file goes or the reverse, a file on the way, or a folder without write access.
+    Missing folders are created when the results are written."""
+    folder = fmt == "dir"
+    if out.exists() and out.is_dir() != folder:
+        raise RunDirError(f"--out {out} is a {'file' if folder else 'folder'}: give a "
+                          f"{'folder for the mask PNGs' if folder else 'file name such as preds.csv'}")
+    existing = out if folder else out.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RunDirError(f"--out {out}: {existing} is a file, not a folder; choose another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunDirError(f"--out {out}: no permission to write in {existing}; choose another --out")
+
+
+def _written(path: Path, err: OSError) -> RunDirError:
+    return RunDirError(f"cannot write {path} ({err.strerror or err}): choose another --out or free space there")
+
+
 class Preprocess:
     """File -> normalized float tensor (C, S, S), as the run's data pipeline did it."""
 
@@ -108,6 +130,8 @@ def predict(run_dir: Path, inputs: Sequence[str], *, checkpoint: str = "best", o
     trained = load_trained(run_dir, checkpoint, list(overrides), device)
     task = trained.task.name
     fmt = _output_format(out, task)
+    if out is not None:
+        _check_out(out, fmt)
     info = trained.info
     # segmentation maps back onto the whole image, so it sees the whole image (squash)
     fit = SQUASH if task == "segmentation" else Fit(str(info.get("resize", "squash")),
@@ -129,7 +153,10 @@ def predict(run_dir: Path, inputs: Sequence[str], *, checkpoint: str = "best", o
                     raw = trained.model(x).float().cpu()
                 sizes = [d[1] for _, d in good]
                 if writer is not None:
-                    result.rows += writer.write([p for p, _ in good], raw, sizes, [d[0] for _, d in good])
+                    try:
+                        result.rows += writer.write([p for p, _ in good], raw, sizes, [d[0] for _, d in good])
+                    except OSError as err:
+                        raise _written(writer.out, err) from None
                 else:
                     result.rows += _rows(trained, [p for p, _ in good], raw, topk)
             if progress is not None:
@@ -234,8 +261,11 @@ def format_rows(rows: list[dict[str, Any]], fmt: str) -> str:
 def _write_table(path: Path, rows: list[dict[str, Any]], fmt: str) -> None:
     from vaitrain.track.files import write_text_atomic
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, format_rows(rows, fmt))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, format_rows(rows, fmt))
+    except OSError as err:
+        raise _written(path, err) from None
 
 
 class _SegWriter:

@@ -12,7 +12,7 @@
   first column; relative to the CSV's folder) and numeric target columns (data.target_columns, or
   all the others).
 
-Images are converted to grayscale (1 channel) when the first training image is grayscale, else RGB
+Images are converted to grayscale (1 channel) when every training image is grayscale, else RGB
 (transparent pixels on white), and brought to data.image_size (0 = native: then all must have one
 size) by data.resize: center_crop (the centre square, aspect ratio kept) or squash. Folders whose decoded
 size fits data.device_resident (auto: up to 2 GB) are decoded once; larger ones stream, decoded
@@ -21,6 +21,7 @@ by DataLoader workers each epoch. Bad files raise DataError naming the file.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,8 +30,8 @@ import torch
 from torch.utils.data import Dataset
 
 from vaitrain.data.base import Source, TensorSplit, derive_seed, register, resident_mode, subset_indices
-from vaitrain.data.images import (Fit, check_mask_ids, fit_of, image_mode, image_size_of, is_image, load_image, load_pair,
-                                  parallel_map, stack)
+from vaitrain.data.images import (Fit, check_mask_ids, dataset_mode, fit_of, image_size_of, load_image, load_pair,
+                                  parallel_map, scan_images, skipped_note, stack)
 from vaitrain.errors import DataError
 
 _VAL_DIRS = ("val", "valid", "validation")
@@ -39,8 +40,22 @@ _MASK_EXTS = (".png", ".bmp", ".tif", ".tiff", ".gif")
 _PATH_COLUMNS = ("path", "image", "file", "filename")
 
 
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image(p))
+_SPLIT_NAMES = ("train", "training", "val", "valid", "validation", "test", "testing")
+
+
+def _images_in(folder: Path, skipped: list[Path] | None = None) -> list[Path]:
+    """The images under folder (see images.scan_images); the other files go to `skipped`."""
+    images, others = scan_images(folder)
+    if skipped is not None:
+        skipped += others
+    return images
+
+
+def _subfolders(folder: Path) -> list[str]:
+    try:
+        return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    except OSError as err:
+        raise DataError(f"cannot list folder {folder} ({err.strerror or err}): fix its permissions") from None
 
 
 def _root(cfg: Any, what: str, layout: str) -> Path:
@@ -112,21 +127,42 @@ def _split_of(paths: list[Path], targets: Any, mode: str, size: int, resident: b
 
 # ---------------------------------------------------------------- image_folder (classification)
 
-def _scan_classes(folder: Path, classes: list[str] | None) -> tuple[list[Path], list[int], list[str]]:
-    found = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+def _scan_classes(folder: Path, classes: list[str] | None, skipped: list[Path] | None = None
+                  ) -> tuple[list[Path], list[int], list[str]]:
+    """Images and labels of folder/<class>/; classes=None: the training folder, which names the
+    classes (each must hold an image: an empty one would be a class the model never sees)."""
+    found = _subfolders(folder)
+    training = classes is None
     if classes is None:
         classes = found
     else:
         unknown = [c for c in found if c not in classes]
         if unknown:
-            raise DataError(f"{folder / unknown[0]} is a class missing from the training folder {folder.parent}")
+            raise DataError(f"{folder / unknown[0]} is a class missing from the training folder {folder.parent / 'train'}: "
+                            "rename or remove it, or add its training images")
     paths, labels = [], []
     for k, name in enumerate(classes):
         if (folder / name).is_dir():
-            files = _images_in(folder / name)
+            files = _images_in(folder / name, skipped)
+            if training and not files and len(classes) > 1:
+                raise DataError(f"class folder {folder / name} holds no images: add its images or remove the folder "
+                                "(a class without training images would never be learnt)")
             paths += files
             labels += [k] * len(files)
     return paths, labels, classes
+
+
+def _check_not_splits(root: Path, classes: list[str]) -> None:
+    """A single tree whose 'classes' are split folders (Train/ and Val/, or train/ alone) would
+    train a classifier of the splits: refused, saying which layout was meant."""
+    splits = [c for c in classes if c.lower() in _SPLIT_NAMES]
+    if not splits:
+        return
+    if "train" in splits:
+        raise DataError(f"{root} has train/ but no val/ (or test/) beside it: add {root}/val/<class>/, or set "
+                        f"data.root={root / 'train'} to split it by data.val_fraction")
+    raise DataError(f"{root} has folders named like splits ({', '.join(splits)}), which would be read as classes: "
+                    f"name them train/, val/ and test/ (lower case), or point data.root at one tree of <class>/ folders")
 
 
 _IMAGE_FOLDER_LAYOUT = ("a folder with train/<class>/*.png and val/<class>/*.png, optionally test/<class>/ (or "
@@ -140,8 +176,9 @@ def build_image_folder(cfg: Any, task: str) -> Source:
     test_dir = root / _TEST_DIR if (root / "train").is_dir() and (root / _TEST_DIR).is_dir() else None
     tr_paths: list[Path] = []
     va_paths: list[Path] = []
+    skipped: list[Path] = []
     if (root / "train").is_dir() and (val_dir is not None or test_dir is not None):
-        tr_paths, tr_labels, classes = _scan_classes(root / "train", None)
+        tr_paths, tr_labels, classes = _scan_classes(root / "train", None, skipped)
         where = root / "train"
         if val_dir is not None:
             va_paths, va_labels, _ = _scan_classes(val_dir, classes)
@@ -150,7 +187,8 @@ def build_image_folder(cfg: Any, task: str) -> Source:
             va_paths, va_labels = [tr_paths[i] for i in iva], [tr_labels[i] for i in iva]
             tr_paths, tr_labels = [tr_paths[i] for i in itr], [tr_labels[i] for i in itr]
     else:
-        paths, labels, classes = _scan_classes(root, None)
+        _check_not_splits(root, _subfolders(root))
+        paths, labels, classes = _scan_classes(root, None, skipped)
         where = root
         if paths:
             tr, va = _holdout(len(paths), cfg, root)
@@ -162,7 +200,7 @@ def build_image_folder(cfg: Any, task: str) -> Source:
         raise DataError(f"no images found under {val_dir}: expected {val_dir}/<class>/*.png folders")
     tr = _cap(list(zip(tr_paths, tr_labels)), int(cfg.num_train), cfg, 1)
     va = _cap(list(zip(va_paths, va_labels)), int(cfg.num_val), cfg, 2)
-    mode, size, fit = image_mode(tr[0][0]), int(cfg.image_size), fit_of(cfg)
+    mode, size, fit = dataset_mode([p for p, _ in tr]), int(cfg.image_size), fit_of(cfg)
     channels = 1 if mode == "L" else 3
     resident = resident_mode(cfg, _decoded_bytes(len(tr) + len(va), channels, size, tr[0][0]))
     train = _split_of([p for p, _ in tr], [y for _, y in tr], mode, size, resident, fit)
@@ -183,7 +221,8 @@ def build_image_folder(cfg: Any, task: str) -> Source:
 
     return Source(train=train, val=val, in_channels=channels, image_size=image_size,
                   num_classes=n_cls, class_names=classes + [str(k) for k in range(len(classes), n_cls)],
-                  notes=_shrink_notes(tr[0][0], size), test=test if test_dir is not None else None)
+                  notes=skipped_note(skipped, where) + _shrink_notes(tr[0][0], size),
+                  test=test if test_dir is not None else None)
 
 
 def _shrink_notes(first: Path, size: int) -> list[str]:
@@ -255,7 +294,7 @@ def build_seg_folder(cfg: Any, task: str) -> Source:
     if not tr or not va:
         raise DataError(f"no images found under {root}: expected images/*.png with masks/<same name>.png")
     tr, va = _cap(tr, int(cfg.num_train), cfg, 1), _cap(va, int(cfg.num_val), cfg, 2)
-    mode, size, fit = image_mode(tr[0][0]), int(cfg.image_size), fit_of(cfg)
+    mode, size, fit = dataset_mode([p for p, _ in tr]), int(cfg.image_size), fit_of(cfg)
     channels = 1 if mode == "L" else 3
     resident = resident_mode(cfg, _decoded_bytes(len(tr) + len(va), channels + 1, size, tr[0][0]))
     splits: list[Any] = []
@@ -321,10 +360,13 @@ def build_seg_folder(cfg: Any, task: str) -> Source:
 # ---------------------------------------------------------------- csv_regression (regression)
 
 def _read_csv(path: Path, target_columns: list[str]) -> tuple[list[Path], torch.Tensor, list[str]]:
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
+    try:  # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            text = f.read()
+        rows = list(csv.reader(io.StringIO(text), delimiter=_delimiter(text)))
+    except UnicodeDecodeError as err:
+        raise DataError(f"cannot read CSV {path}: not UTF-8 text ({err.reason} at byte {err.start}): save it as UTF-8") from None
+    except (OSError, csv.Error) as err:
         raise DataError(f"cannot read CSV {path}: {err}") from None
     rows = [r for r in rows if any(c.strip() for c in r)]
     if len(rows) < 2:
@@ -332,6 +374,13 @@ def _read_csv(path: Path, target_columns: list[str]) -> tuple[list[Path], torch.
     header = [h.strip() for h in rows[0]]
     lower = [h.lower() for h in header]
     path_col = next((lower.index(c) for c in _PATH_COLUMNS if c in lower), 0)
+    twice = next((h for h in header if header.count(h) > 1), None)
+    if twice is not None:
+        raise DataError(f"{path} has two columns named '{twice}': give each column its own name")
+    if (len(header) > 1 and all(_is_float(h) for i, h in enumerate(header) if i != path_col)) or \
+            (path.parent / header[path_col]).is_file():
+        raise DataError(f"{path} has no header row (its first line is data: {','.join(header)[:60]}): add one, "
+                        "e.g. path,<target names>")
     if target_columns:
         missing = [c for c in target_columns if c not in header]
         if missing:
@@ -343,23 +392,43 @@ def _read_csv(path: Path, target_columns: list[str]) -> tuple[list[Path], torch.
         raise DataError(f"{path} has no target columns besides the path column '{header[path_col]}'")
     paths, values = [], []
     for line, row in enumerate(rows[1:], start=2):
-        if len(row) < len(header):
+        if len(row) != len(header):  # more is a shifted row (e.g. an unquoted comma in a path)
             raise DataError(f"{path}:{line} has {len(row)} fields, the header has {len(header)}")
         img = (path.parent / row[path_col].strip()).resolve()
+        if not row[path_col].strip():
+            raise DataError(f"{path}:{line}: the path column '{header[path_col]}' is empty: give the image's path")
+        if img.is_dir():
+            raise DataError(f"{path}:{line}: the path column '{header[path_col]}' names a folder ({img}), not an image file")
         if not img.is_file():
             raise DataError(f"missing file {img} (listed in {path}:{line})")
         try:
             numbers = [float(row[c]) for c in cols]
         except ValueError:
             bad = next(c for c in cols if not _is_float(row[c]))
-            raise DataError(f"{path}:{line}: column '{header[bad]}' value '{row[bad]}' is not a number") from None
+            comma = " (write decimals with a point)" if "," in row[bad] else ""
+            raise DataError(f"{path}:{line}: column '{header[bad]}' value '{row[bad]}' is not a number{comma}") from None
         for c, v in zip(cols, numbers):  # nan, inf, 1e999: a loss that is NaN from the first step
             if not math.isfinite(v):
                 raise DataError(f"{path}:{line}: column '{header[c]}' value '{row[c].strip()}' is not a finite "
                                 "number: fix or drop the row")
+        for c, v in zip(cols, numbers):  # finite in float64 but not in the float32 the targets become
+            if abs(v) > _FLOAT32_MAX:
+                raise DataError(f"{path}:{line}: column '{header[c]}' value '{row[c].strip()}' is beyond float32's "
+                                "range (+-3.4e38): rescale the column")
         values.append(numbers)
         paths.append(img)
     return paths, torch.tensor(values, dtype=torch.float32), [header[c] for c in cols]
+
+
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def _delimiter(text: str) -> str:
+    """',' unless the header line is split by ';' (locales with decimal commas), a tab or '|'."""
+    header = next((line for line in text.splitlines() if line.strip()), "")
+    counts = {d: header.count(d) for d in (",", ";", "\t", "|")}
+    best = max(counts, key=counts.__getitem__)
+    return best if counts[best] > counts[","] else ","
 
 
 def _is_float(text: str) -> bool:
@@ -390,7 +459,7 @@ def build_csv_regression(cfg: Any, task: str) -> Source:
     iva = subset_indices(len(va_paths), int(cfg.num_val), int(cfg.seed), 2)
     tr_paths, tr_y = [tr_paths[i] for i in itr.tolist()], tr_y[itr]
     va_paths, va_y = [va_paths[i] for i in iva.tolist()], va_y[iva]
-    mode, size, fit = image_mode(tr_paths[0]), int(cfg.image_size), fit_of(cfg)
+    mode, size, fit = dataset_mode(tr_paths), int(cfg.image_size), fit_of(cfg)
     channels = 1 if mode == "L" else 3
     resident = resident_mode(cfg, _decoded_bytes(len(tr_paths) + len(va_paths), channels, size, tr_paths[0]))
     train = _split_of(tr_paths, tr_y, mode, size, resident, fit)

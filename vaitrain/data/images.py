@@ -21,13 +21,58 @@ from PIL import Image, UnidentifiedImageError
 from vaitrain.errors import DataError
 
 IMG_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
-GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 T = TypeVar("T")
 
 
 def is_image(path: Path) -> bool:
     return path.suffix.lower() in IMG_EXTENSIONS
+
+
+def scan_images(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The image files under folder, recursively and sorted, and the other files (not images by
+    their extension). Hidden files and folders (.DS_Store, AppleDouble ._x.png, .ipynb_checkpoints)
+    are left out; linked folders are followed once each (a link loop ends); a folder that cannot be
+    listed or an image name that is a broken link is a DataError, never a silently smaller class."""
+    images: list[Path] = []
+    others: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    todo = [Path(folder)]
+    while todo:
+        d = todo.pop()
+        try:
+            st = d.stat()
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(d) as it:
+                entries = list(it)
+        except OSError as err:
+            raise DataError(f"cannot list folder {d} ({err.strerror or err}): fix its permissions or remove it") from None
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            p = Path(e.path)
+            if e.is_dir():
+                todo.append(p)
+            elif not is_image(p):
+                others.append(p)
+            elif e.is_file():
+                images.append(p)
+            else:
+                raise DataError(f"{p} is a broken link or not a regular file: fix or remove it")
+    return sorted(images), sorted(others)
+
+
+def skipped_note(others: Sequence[Path], where: Path) -> list[str]:
+    """One line naming the files a scan left out for their extension (e.g. .heic photos), if any."""
+    if not others:
+        return []
+    exts = sorted({p.suffix.lower() or "no extension" for p in others})
+    return [f"skipped {len(others)} file(s) under {where} that are not images by their extension "
+            f"({', '.join(exts[:5])}{', ...' if len(exts) > 5 else ''}; e.g. {others[0]}): read are "
+            f"{', '.join(IMG_EXTENSIONS)}"]
 
 
 # An image over PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS, ~89 Mpixel) is refused,
@@ -75,6 +120,22 @@ def image_mode(path: Path) -> str:
         return "L" if im.mode in GRAY_MODES or (im.mode == "P" and _gray_palette(im)) else "RGB"
 
 
+def _header_mode(path: Path) -> str:
+    """image_mode from the file's header, without decoding its pixels."""
+    try:
+        with Image.open(path) as im:
+            return "L" if im.mode in GRAY_MODES or (im.mode == "P" and _gray_palette(im)) else "RGB"
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return image_mode(path)  # the decoder's own one-line DataError for this file
+
+
+def dataset_mode(paths: Sequence[Path]) -> str:
+    """'RGB' when any of the files is in colour, else 'L': one grayscale file listed first must not
+    turn a colour dataset gray (headers only; the pixels are decoded later anyway)."""
+    modes = parallel_map(lambda i: _header_mode(paths[i]), len(paths))
+    return "RGB" if "RGB" in modes else "L"
+
+
 def _gray_palette(im: Image.Image) -> bool:
     pal = im.getpalette()
     if not pal:
@@ -120,9 +181,26 @@ def fit_of(cfg: Any) -> Fit:
     return Fit(str(cfg.get("resize", "squash")), float(cfg.get("crop_fraction", 1.0)))
 
 
-def _convert(im: Image.Image, mode: str) -> Image.Image:
+def _eight_bit(im: Image.Image, path: Path | None) -> Image.Image:
+    """A 16-bit grayscale file scaled to 8 bits (x / 257: 65535 -> 255), where PIL's convert would
+    clip every value above 255 to white; a 32-bit integer or float file is taken only when its
+    values are already 0..255 (its range is otherwise unknown)."""
+    arr = np.asarray(im)
+    if im.mode.startswith("I;16"):
+        return Image.fromarray(np.round(arr.astype(np.float32) / 257).astype(np.uint8), "L")
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if not (np.isfinite(arr).all() and lo >= 0 and hi <= 255):
+        kind = "float" if im.mode == "F" else "32-bit integer"
+        raise DataError(f"image {path} is a {kind} image with values {lo:g}..{hi:g}: save it as an 8-bit "
+                        "(0..255) or 16-bit (0..65535) PNG")
+    return Image.fromarray(np.round(arr).astype(np.uint8), "L")
+
+
+def _convert(im: Image.Image, mode: str, path: Path | None = None) -> Image.Image:
     """Any file mode to 'L' or 'RGB'; transparent pixels (RGBA, LA, palette with transparency) are
-    composited on white rather than keeping whatever colour they hide."""
+    composited on white rather than keeping whatever colour they hide; 16-bit files are scaled."""
+    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+        im = _eight_bit(im, path)
     if im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
     if im.mode in ("RGBA", "LA", "PA"):
@@ -132,8 +210,8 @@ def _convert(im: Image.Image, mode: str) -> Image.Image:
     return im.convert(mode)
 
 
-def _to_tensor(im: Image.Image, mode: str, size: int, fit: Fit = SQUASH) -> torch.Tensor:
-    im = _convert(im, mode)
+def _to_tensor(im: Image.Image, mode: str, size: int, fit: Fit = SQUASH, path: Path | None = None) -> torch.Tensor:
+    im = _convert(im, mode, path)
     if size:
         box = fit.box(*im.size)
         if im.size != (size, size) or box != (0.0, 0.0, float(im.size[0]), float(im.size[1])):
@@ -146,13 +224,13 @@ def load_image(path: Path, mode: str, size: int, fit: Fit = SQUASH) -> torch.Ten
     """uint8 (C,H,W) of one image file in mode 'L' or 'RGB', brought to size x size (see Fit) when
     size > 0."""
     with _open(path) as im:
-        return _to_tensor(im, mode, size, fit)
+        return _to_tensor(im, mode, size, fit, path)
 
 
 def load_image_sized(path: Path, mode: str, size: int, fit: Fit = SQUASH) -> tuple[torch.Tensor, tuple[int, int]]:
     """load_image and the file's own (H, W), from one decode."""
     with _open(path) as im:
-        return _to_tensor(im, mode, size, fit), (im.size[1], im.size[0])
+        return _to_tensor(im, mode, size, fit, path), (im.size[1], im.size[0])
 
 
 def load_mask(path: Path, size: int, image_hw: tuple[int, int] | None = None, image_path: Path | None = None,
@@ -187,7 +265,7 @@ def load_pair(image: Path, mask: Path, mode: str, size: int, fit: Fit = SQUASH,
     """An image and its mask, the mask checked to have the image's size (and `valid` values) before resizing."""
     with _open(image) as im:
         hw = (im.size[1], im.size[0])
-        x = _to_tensor(im, mode, size, fit)
+        x = _to_tensor(im, mode, size, fit, image)
     return x, load_mask(mask, size, hw, image, fit, valid)
 
 

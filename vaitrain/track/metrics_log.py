@@ -32,16 +32,24 @@ class MetricsLog:
 
 
 def read_metrics(path: Path) -> Iterator[dict[str, Any]]:
-    """Records of a metrics.jsonl; a torn last line (crash mid-write) is skipped."""
-    with open(path, encoding="utf-8") as f:
+    """Records of a metrics.jsonl; a torn last line (crash mid-write) is skipped, and so is any line
+    that is not a record (damaged bytes, JSON that is not an object, a non-integer step or epoch),
+    so every reader can rely on the keys it uses."""
+    with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             line = line.strip()
             if not line:
                 continue
             try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
+                record = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):
                 continue
+            if isinstance(record, dict) and all(_is_count(record[k]) for k in ("step", "epoch") if k in record):
+                yield record
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def truncate_after_step(path: Path, step: int) -> None:

@@ -1,0 +1,268 @@
+"""Adversarial suite, files and data a user points vaitrain at (second pass): image folders laid out
+the wrong way, 16-bit and odd-mode images, hidden and broken files, CSVs from spreadsheets, damaged
+records of a run, weights files that lie, and predict outputs that cannot be written. Each case
+asserts one line without a traceback and exit code 2, or the right result against a hand
+computation where vaitrain accepts the input."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from adversarial import TINY, cli, refused, snapshot, the_run
+from vaitrain.data import build_data
+from vaitrain.data.images import load_image
+from vaitrain.schema.data import DataConfig
+
+RNG = np.random.default_rng(5)
+FOLDER = ["data=image_folder", "data.image_size=16", "trainer.batch_size=4"]
+
+
+def png(path: Path, arr: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def rgb(h: int = 8, w: int = 8) -> np.ndarray:
+    return RNG.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def tree(root: Path, splits=("train", "val"), classes=("cat", "dog"), n=3) -> Path:
+    for split in splits:
+        for c in classes:
+            for i in range(n):
+                png(root / split / c / f"{i}.png", rgb())
+    return root
+
+
+def build(name: str, root: Path, task: str, batch: int = 1, **kw):
+    kw = {"image_size": 0, "num_train": 0, "num_val": 0, "normalize": "none", "num_workers": 0, **kw}
+    cfg = OmegaConf.structured(DataConfig(name=name, root=str(root), **kw))
+    return build_data(cfg, task, device="cpu", batch_size=batch, val_batch_size=1000, seed=0)
+
+
+def train_refused(tmp_path: Path, args: list[str], pattern: str) -> str:
+    """`vaitrain train` refused before any run directory exists."""
+    out = tmp_path / "runs"
+    line = refused(cli(["train", *TINY, *args, f"out_dir={out}"]), pattern)
+    assert not out.exists() or not any(out.rglob("config.yaml"))
+    return line
+
+
+# ----- image folders ------------------------------------------------------------------------------
+
+def test_split_folders_named_in_capitals_are_not_read_as_classes(tmp_path):
+    root = tree(tmp_path / "data")
+    os.rename(root / "train", root / "Train")
+    os.rename(root / "val", root / "Val")
+    train_refused(tmp_path, [*FOLDER, f"data.root={root}"],
+                  r"^error: \S+ has folders named like splits \(Train, Val\), which would be read as classes: name them "
+                  r"train/, val/ and test/ \(lower case\)")
+
+
+def test_train_folder_without_val_is_not_a_one_class_dataset(tmp_path):
+    root = tree(tmp_path / "data", splits=("train",))
+    train_refused(tmp_path, [*FOLDER, f"data.root={root}"],
+                  rf"^error: {root} has train/ but no val/ \(or test/\) beside it: add {root}/val/<class>/, or set "
+                  rf"data.root={root}/train to split it by data.val_fraction")
+
+
+def test_empty_training_class_folder_is_refused(tmp_path):
+    root = tree(tmp_path / "data")
+    (root / "train" / "empty").mkdir()
+    (root / "train" / "empty" / "notes.txt").write_text("no images here")
+    train_refused(tmp_path, [*FOLDER, f"data.root={root}"],
+                  rf"^error: class folder {root}/train/empty holds no images: add its images or remove the folder")
+
+
+def test_val_class_unknown_to_train_names_the_training_folder(tmp_path):
+    root = tree(tmp_path / "data")
+    png(root / "val" / "cow" / "0.png", rgb())
+    train_refused(tmp_path, [*FOLDER, f"data.root={root}"],
+                  rf"^error: {root}/val/cow is a class missing from the training folder {root}/train: rename or remove it")
+
+
+def test_hidden_files_are_left_out_and_other_files_named(tmp_path):
+    root = tree(tmp_path / "data")
+    (root / "train" / "cat" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # macOS resource fork
+    png(root / "train" / "cat" / ".ipynb_checkpoints" / "0-checkpoint.png", rgb())
+    (root / "train" / "dog" / "IMG_1.heic").write_bytes(b"not decodable here")
+    data = build("image_folder", root, "classification")
+    assert data.train.num_samples == 6  # 3 + 3: no hidden file, no .heic
+    assert len(data.notes) == 1 and "skipped 1 file(s)" in data.notes[0] and ".heic" in data.notes[0]
+
+
+def test_broken_link_named_like_an_image_is_refused(tmp_path):
+    root = tree(tmp_path / "data")
+    os.symlink(tmp_path / "gone.png", root / "train" / "cat" / "9.png")
+    train_refused(tmp_path, [*FOLDER, f"data.root={root}"],
+                  rf"^error: {root}/train/cat/9.png is a broken link or not a regular file: fix or remove it")
+
+
+def test_link_loop_ends_and_linked_folders_are_read_once(tmp_path):
+    root = tree(tmp_path / "data")
+    os.symlink(root / "train" / "cat", root / "train" / "cat" / "loop")
+    data = build("image_folder", root, "classification")
+    assert data.train.num_samples == 6
+
+
+def test_unlistable_folder_is_refused_not_skipped(tmp_path, monkeypatch):
+    # (a chmod 000 folder cannot be simulated as root: os.scandir fails as it would for another user)
+    root = tree(tmp_path / "data")
+    real = os.scandir
+
+    def scandir(path):
+        if Path(path) == root / "train" / "dog":
+            raise PermissionError(13, "Permission denied")
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    train_refused(tmp_path, [*FOLDER, f"data.root={root}"],
+                  rf"^error: cannot list folder {root}/train/dog \(Permission denied\): fix its permissions")
+
+
+def test_one_grayscale_image_first_does_not_turn_a_colour_dataset_gray(tmp_path):
+    root = tree(tmp_path / "data")
+    png(root / "train" / "cat" / "0.png", np.full((8, 8), 90, np.uint8))  # sorted first
+    data = build("image_folder", root, "classification")
+    assert data.in_channels == 3
+    x, _ = next(iter(data.train))
+    assert x.shape[1] == 3
+
+
+def test_16_bit_png_is_scaled_not_clipped(tmp_path):
+    values = np.array([[0, 255, 256, 1000, 30000, 65535]], np.uint16)
+    path = png(tmp_path / "a16.png", values)
+    assert Image.open(path).mode.startswith("I;16")
+    got = load_image(path, "L", 0)[0, 0].tolist()
+    assert got == [round(v / 257) for v in values[0].tolist()] == [0, 1, 1, 4, 117, 255]
+    assert load_image(path, "RGB", 0)[:, 0].tolist() == [got] * 3
+
+
+def test_32_bit_image_out_of_8_bit_range_is_refused(tmp_path):
+    root = tree(tmp_path / "data")
+    Image.fromarray(np.full((8, 8), 70000, np.int32)).save(root / "train" / "cat" / "1.tif")
+    train_refused(tmp_path, [*FOLDER, f"data.root={root}"],
+                  rf"^error: image {root}/train/cat/1.tif is a 32-bit integer image with values 70000..70000: save it as "
+                  r"an 8-bit \(0..255\) or 16-bit \(0..65535\) PNG")
+
+
+# ----- CSV regression data ------------------------------------------------------------------------
+
+def _csv(tmp_path: Path, text: str, encoding: str = "utf-8", n: int = 6) -> Path:
+    for i in range(n):
+        png(tmp_path / "img" / f"{i}.png", rgb())
+    path = tmp_path / "data.csv"
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+ROWS = [(f"img/{i}.png", 0.5 * i, 10.0 - i) for i in range(6)]
+
+
+@pytest.mark.parametrize("header, sep, newline", [
+    ("\ufeffy,path,z", ",", "\n"),  # Excel's "CSV UTF-8" byte-order mark before a target's name
+    ("y;path;z", ";", "\r\n"),  # semicolons (decimal-comma locales), Windows line ends
+    ("y\tpath\tz", "\t", "\n"),
+])
+def test_spreadsheet_csv_variants_read_the_same_targets(tmp_path, header, sep, newline):
+    text = header + newline + "".join(f"{y}{sep}{p}{sep}{z}{newline}" for p, y, z in ROWS)
+    data = build("csv_regression", _csv(tmp_path, text), "regression", target_columns=["y", "z"],
+                 standardize_targets=False, val_fraction=0.5)
+    assert data.target_names == ["y", "z"]
+    got = sorted(tuple(r) for _, y in (*data.train, *data.val) for r in y.tolist())
+    assert got == sorted((y, z) for _, y, z in ROWS)
+
+
+@pytest.mark.parametrize("text, pattern", [
+    ("".join(f"{p},{y}\n" for p, y, _ in ROWS), r"data.csv has no header row \(its first line is data: img/0.png,0.0\): add one"),
+    ("path,y,y\n" + "".join(f"{p},{y},{z}\n" for p, y, z in ROWS), r"data.csv has two columns named 'y'"),
+    ("path,y\n" + "".join(f"{p},{y}\n" for p, y, _ in ROWS) + "img/1.png,2,3\n", r"data.csv:8 has 3 fields, the header has 2"),
+    ("path,y\n" + "".join(f"{p},{y}\n" for p, y, _ in ROWS) + "img/1.png,1e300\n",
+     r"data.csv:8: column 'y' value '1e300' is beyond float32's range"),
+    ("path;y\n" + "".join(f"{p};{y}\n".replace(".", ",").replace(",png", ".png") for p, y, _ in ROWS),
+     r"data.csv:2: column 'y' value '0,0' is not a number \(write decimals with a point\)"),
+    ("path,y\n" + "".join(f"{p},{y}\n" for p, y, _ in ROWS) + ",4\n", r"data.csv:8: the path column 'path' is empty"),
+    ("path,y\n" + "".join(f"{p},{y}\n" for p, y, _ in ROWS) + "img,4\n", r"data.csv:8: the path column 'path' names a folder"),
+], ids=["no_header", "duplicate_column", "extra_field", "float32_overflow", "decimal_comma", "empty_path", "folder_path"])
+def test_bad_csv_is_one_line(tmp_path, text, pattern):
+    path = _csv(tmp_path, text)
+    train_refused(tmp_path, ["task=regression", "data=csv_regression", f"data.root={path}", "trainer.batch_size=2"],
+                  rf"^error: {tmp_path}/" + pattern)
+
+
+def test_csv_that_is_not_utf8_says_how_to_fix_it(tmp_path):
+    path = _csv(tmp_path, "path,y,température\n" + "".join(f"{p},{y},1\n" for p, y, _ in ROWS), encoding="latin-1")
+    train_refused(tmp_path, ["task=regression", "data=csv_regression", f"data.root={path}"],
+                  r"^error: cannot read CSV \S+: not UTF-8 text \(invalid continuation byte at byte 11\): save it as UTF-8$")
+
+
+# ----- records of a run and predict outputs --------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def completed(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("completed") / "runs"
+    result = cli(["train", *TINY, "trainer.epochs=1", f"out_dir={out}"])
+    assert result.exit_code == 0, result.output
+    return the_run(out)
+
+
+def test_damaged_metrics_lines_are_skipped_by_every_reader(completed, tmp_path):
+    run = Path(shutil.copytree(completed, tmp_path / "run"))
+    good = (run / "metrics.jsonl").read_bytes()
+    junk = b'\xff\xfe not utf-8\n[1, 2]\n"text"\n{"kind": "epoch", "epoch": "x", "step": 3}\n' + b"[" * 100_000 + b"\n"
+    (run / "metrics.jsonl").write_bytes(junk + good)
+    compared = cli(["compare-runs", run])
+    assert compared.exit_code == 0 and "Traceback" not in compared.output, compared.output
+    assert cli(["report", run, "--out", tmp_path / "r.html"]).exit_code == 0
+    resumed = cli(["train", f"resume={run}", "trainer.epochs=2"])
+    assert resumed.exit_code == 0, resumed.output
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in records if r["kind"] != "train"] == ["epoch", "epoch", "final"]
+
+
+@pytest.fixture
+def photo(tmp_path) -> Path:
+    return png(tmp_path / "photo.png", rgb(16, 16))
+
+
+def test_predict_out_under_a_file_is_refused_before_any_work(completed, photo, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    before = snapshot(tmp_path)
+    refused(cli(["predict", completed, photo, "--out", tmp_path / "afile" / "sub" / "p.csv"]),
+            rf"^error: --out {tmp_path}/afile/sub/p.csv: {tmp_path}/afile is a file, not a folder; choose another --out$")
+    (tmp_path / "p.csv").mkdir()
+    refused(cli(["predict", completed, photo, "--out", tmp_path / "p.csv"]),
+            rf"^error: --out {tmp_path}/p.csv is a folder: give a file name such as preds.csv$")
+    del before["afile"]  # unchanged, p.csv/ is the folder made above
+    assert {k: v for k, v in snapshot(tmp_path).items() if k in before} == before
+
+
+def test_predict_out_in_a_folder_without_write_access(completed, photo, tmp_path, monkeypatch):
+    # root writes anywhere, so the access check itself is what a non-root user would meet
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == locked else real(p, mode, **kw))
+    refused(cli(["predict", completed, photo, "--out", locked / "new" / "p.csv"]),
+            rf"^error: --out {locked}/new/p.csv: no permission to write in {locked}; choose another --out$")
+    assert not any(locked.iterdir())
+
+
+def test_predict_write_failure_is_one_line(completed, photo, tmp_path, monkeypatch):
+    import vaitrain.track.files as files
+
+    def full(path, text):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files, "write_text_atomic", full)
+    refused(cli(["predict", completed, photo, "--out", tmp_path / "p.csv"]),
+            rf"^error: cannot write {tmp_path}/p.csv \(No space left on device\): choose another --out or free space")
