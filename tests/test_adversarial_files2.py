@@ -266,3 +266,122 @@ def test_predict_write_failure_is_one_line(completed, photo, tmp_path, monkeypat
     monkeypatch.setattr(files, "write_text_atomic", full)
     refused(cli(["predict", completed, photo, "--out", tmp_path / "p.csv"]),
             rf"^error: cannot write {tmp_path}/p.csv \(No space left on device\): choose another --out or free space")
+
+
+def test_run_without_or_with_a_damaged_overrides_file(completed, tmp_path):
+    run = Path(shutil.copytree(completed, tmp_path / "run"))
+    (run / "overrides.txt").write_bytes(b"\xff\xfe\x00 not text")
+    before = snapshot(run)
+    for args in (["eval", run], ["train", f"resume={run}", "trainer.epochs=2"]):
+        refused(cli(args), rf"^error: cannot read {run}/overrides.txt \(.*\): it should hold the run's overrides, one per line")
+    (run / "overrides.txt").unlink()
+    del before["overrides.txt"]
+    for args in (["eval", run], ["export", run, "--format", "torchscript", "--out", tmp_path / "m.pt"]):
+        # (it was "does not fit this model: shape mismatch": the defaults' model, not the run's)
+        refused(cli(args), rf"^error: {run}/overrides.txt is missing: the run's settings cannot be re-created without it")
+    assert snapshot(run) == before and not (tmp_path / "m.pt").exists()
+
+
+def test_checkpoint_of_a_newer_format_says_so(completed, tmp_path):
+    run = Path(shutil.copytree(completed, tmp_path / "run"))
+    state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    torch.save({**state, "format": 2}, run / "checkpoints" / "best.pt")
+    refused(cli(["eval", run]), r"^error: '\S+best.pt' is a vaitrain checkpoint of format 2, this vaitrain reads "
+                                r"format 1: upgrade vaitrain to read it$")
+
+
+# ----- weights files ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def weights(completed) -> dict:
+    return torch.load(completed / "checkpoints" / "best.pt", weights_only=True)["model"]
+
+
+class _Code:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_plain_pickle_weights_with_code_are_named_as_code(tmp_path):
+    import pickle
+
+    marker = tmp_path / "ran"
+    path = tmp_path / "w.pkl"
+    path.write_bytes(pickle.dumps({"conv1.weight": _Code(marker)}))
+    # (it was "truncated or corrupt, or not a torch file: Weights only load failed. In PyTorch 2.6 ...")
+    train_refused(tmp_path, [f"model.weights={path}"],
+                  rf"^error: weights file '{path}' \(a plain pickle, not torch's zip format\) refers to code "
+                  r"\((posix|os)\.system\) and is refused")
+    assert not marker.exists()
+
+
+def _altered(weights: dict, key: str, value: torch.Tensor) -> dict:
+    return {**weights, key: value}
+
+
+@pytest.mark.parametrize("change, pattern", [
+    # the stem may differ in its input channels only, the final layer in its classes only
+    (lambda w: _altered(w, "conv1.weight", torch.zeros(0)), r"conv1.weight differ in shape \(e.g. conv1.weight: file \(0,\)"),
+    (lambda w: _altered(w, "conv1.weight", torch.zeros(8, 3, 3, 3)), r"conv1.weight differ in shape"),
+    (lambda w: _altered(w, "fc.weight", torch.zeros(6, 99)), r"fc.weight differ in shape"),
+    (lambda w: _altered(w, "layer1.0.conv1.weight", torch.full_like(w["layer1.0.conv1.weight"], float("nan"))),
+     r"layer1.0.conv1.weight holds NaN or inf values: the weights are damaged"),
+    (lambda w: _altered(w, "conv1.weight", w["conv1.weight"].to(torch.int64)),
+     r"conv1.weight is torch.int64 in the file but torch.float32 in the model"),
+], ids=["stem_empty", "stem_wider", "final_other_features", "nan", "integer"])
+def test_weights_that_only_look_like_the_model_are_refused(weights, tmp_path, change, pattern):
+    path = tmp_path / "w.pth"
+    torch.save(change(weights), path)
+    train_refused(tmp_path, [f"model.weights={path}"], rf"^error: {path}( does not fit model ResNet)?: .*{pattern}")
+
+
+def test_weights_with_a_new_final_layer_and_ddp_prefix_still_load(weights, tmp_path):
+    """What stays allowed: 'module.' prefixes, fp16 tensors, another class count (a new final layer)."""
+    path = tmp_path / "w.pth"
+    changed = {f"module.{k}": (v.half() if v.is_floating_point() else v) for k, v in weights.items()}
+    changed["module.fc.weight"], changed["module.fc.bias"] = torch.zeros(10, weights["fc.weight"].shape[1]), torch.zeros(10)
+    torch.save(changed, path)
+    out = tmp_path / "runs"
+    result = cli(["train", *TINY, "trainer.epochs=1", f"model.weights={path}", f"out_dir={out}"])
+    assert result.exit_code == 0, result.output
+    start = json.loads((the_run(out) / "start.json").read_text())
+    assert start["new"] == ["fc.weight", "fc.bias"] and start["kept"] == len(weights) - 2, start
+
+
+def test_init_from_a_plain_state_dict_points_to_model_weights(weights, tmp_path):
+    path = tmp_path / "w.pth"
+    torch.save(weights, path)
+    train_refused(tmp_path, [f"init_from={path}"],
+                  rf"^error: '{path}' is not a vaitrain checkpoint \(format 1\); a plain state_dict .* is given as "
+                  r"model.weights=FILE$")
+
+
+# ----- segmentation masks -------------------------------------------------------------------------
+
+def _seg(root: Path, values, n: int = 4) -> Path:
+    for i in range(n):
+        png(root / "images" / f"{i}.png", rgb())
+        png(root / "masks" / f"{i}.png", np.resize(np.array(values, np.uint8), (8, 8)))
+    return root
+
+
+def test_masks_with_grey_levels_not_indices_are_refused(tmp_path):
+    root = _seg(tmp_path / "data", (0, 128))  # a mask painted 0/128: it was 129 classes, 127 never seen
+    train_refused(tmp_path, ["data=seg_folder", "task=segmentation", "model=unet", f"data.root={root}"],
+                  rf"^error: the masks under {root} hold class ids 0, 128 but none of 1..127: masks must hold class "
+                  r"indices 0..K-1 \(255 = ignore\); if those classes are only absent from these masks, set "
+                  r"data.num_classes=129$")
+    data = build("seg_folder", root, "segmentation", num_classes=129)  # said so: taken as it is
+    assert data.num_classes == 129
+
+
+def test_jpeg_mask_is_named_as_lossy(tmp_path):
+    root = _seg(tmp_path / "data", (0, 1, 2))
+    (root / "masks" / "2.png").unlink()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "masks" / "2.jpg")
+    train_refused(tmp_path, ["data=seg_folder", "task=segmentation", "model=unet", f"data.root={root}"],
+                  rf"^error: no mask for image {root}/images/2.png: expected {root}/masks/2.png \(2.jpg is there, but "
+                  r"masks must be lossless")

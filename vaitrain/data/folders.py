@@ -21,6 +21,7 @@ by DataLoader workers each epoch. Bad files raise DataError naming the file.
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import math
 from pathlib import Path
@@ -257,7 +258,9 @@ def _pairs(folder: Path) -> list[tuple[Path, Path]]:
         rel = img.relative_to(images_dir).with_suffix("")
         mask = next((masks_dir / rel.with_suffix(e) for e in _MASK_EXTS if (masks_dir / rel.with_suffix(e)).is_file()), None)
         if mask is None:
-            raise DataError(f"no mask for image {img}: expected {masks_dir / rel.with_suffix('.png')}")
+            other = next((p for p in sorted(masks_dir.glob(glob.escape(str(rel)) + ".*")) if p.is_file()), None)
+            lossy = f" ({other.name} is there, but masks must be lossless: {', '.join(_MASK_EXTS)})" if other else ""
+            raise DataError(f"no mask for image {img}: expected {masks_dir / rel.with_suffix('.png')}{lossy}")
         pairs.append((img, mask))
     return pairs
 
@@ -330,6 +333,7 @@ def build_seg_folder(cfg: Any, task: str) -> Source:
         n_cls = 2
     else:
         n_cls = max(v for v in values if v != 255) + 1
+        _check_no_gaps([v for v in values if v != 255], n_cls, declared, root)
     n_cls = max(n_cls, int(cfg.num_classes))
     names = ["background"] + [f"class{k}" for k in range(1, n_cls)]
     if binary:  # say which mask value is which class
@@ -355,6 +359,28 @@ def build_seg_folder(cfg: Any, task: str) -> Source:
     return Source(train=splits[0], val=splits[1], in_channels=channels, image_size=image_size,
                   num_classes=n_cls, class_names=names, notes=_shrink_notes(tr[0][0], size),
                   test=test if test_dir is not None else None)
+
+
+def _check_no_gaps(ids: list[int], n_cls: int, declared: int, root: Path) -> None:
+    """Without data.num_classes the class count is read off the masks: ids with gaps (0 and 128, a
+    mask saved with grey levels, not indices) would silently make classes that never occur."""
+    missing = sorted(set(range(n_cls)) - set(ids))
+    if declared or not missing:
+        return
+    raise DataError(f"the masks under {root} hold class ids {_spans(ids)} but none of {_spans(missing)}: masks must "
+                    f"hold class indices 0..K-1 (255 = ignore); if those classes are only absent from these masks, "
+                    f"set data.num_classes={n_cls}")
+
+
+def _spans(ids: list[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0..2, 5, 7..8'."""
+    out: list[str] = []
+    for v in sorted(ids):
+        if out and v == int(out[-1].split("..")[-1]) + 1:
+            out[-1] = f"{out[-1].split('..')[0]}..{v}"
+        else:
+            out.append(str(v))
+    return ", ".join(out)
 
 
 # ---------------------------------------------------------------- csv_regression (regression)

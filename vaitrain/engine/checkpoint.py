@@ -3,7 +3,6 @@ torch.load(weights_only=True) (a checkpoint cannot run code). Written atomically
 from __future__ import annotations
 
 import pickle
-import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 from torch import nn
 
 from vaitrain.errors import CheckpointError, RunDirError
+from vaitrain.torch_files import load_error
 from vaitrain.track.files import torch_bytes, write_bytes_atomic
 
 FORMAT = 1
@@ -59,54 +59,17 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as err:
-        raise _load_error(path, err) from None
+        raise load_error(path, err) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state:
-        raise CheckpointError(f"'{path}' is not a vaitrain checkpoint (format {FORMAT})")
+        found = state.get("format") if isinstance(state, dict) else None
+        if isinstance(found, int) and not isinstance(found, bool) and "model" in state:
+            newer = found > FORMAT
+            raise CheckpointError(
+                f"'{path}' is a vaitrain checkpoint of format {found}, this vaitrain reads format {FORMAT}: "
+                + ("upgrade vaitrain to read it" if newer else "retrain with this vaitrain, or use the version that wrote it"))
+        raise CheckpointError(f"'{path}' is not a vaitrain checkpoint (format {FORMAT}); a plain state_dict "
+                              "(torchvision's .pth files) is given as model.weights=FILE")
     return state
-
-
-def _load_error(path: Path, err: Exception) -> CheckpointError:
-    """One line for torch.load's multi-paragraph errors: refused code, or a damaged file."""
-    text = str(err)
-    code = re.search(r"GLOBAL (\S+)", text)
-    name = code.group(1) if code else _pickled_global(path) if "Unsupported operand" in text else None
-    if name:
-        legacy = "" if zipfile.is_zipfile(path) else " (a plain pickle, not torch's zip format)"
-        return CheckpointError(
-            f"checkpoint '{path}'{legacy} refers to code ({name}) and is refused: checkpoints are loaded "
-            "with weights_only=True, so a file cannot run code; use a checkpoint that vaitrain wrote"
-        )
-    if path.stat().st_size == 0:
-        reason = "an empty file"
-    else:  # torch's own explanation, without its boilerplate
-        detail = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:Check the documentation|$)", text, re.S)
-        reason = " ".join((detail.group(1) if detail else text.split(". ")[0]).split())[:120]
-    return CheckpointError(
-        f"checkpoint '{path}' is truncated or corrupt ({reason}); "
-        "use the run's other checkpoint (best.pt/last.pt) or start a new run"
-    )
-
-
-def _pickled_global(path: Path) -> str | None:
-    """The first global a plain pickle names, read with pickletools (which runs nothing)."""
-    import pickletools
-
-    strings: list[str] = []
-    found: list[str] = []
-    try:
-        with open(path, "rb") as f:
-            for op, arg, _ in pickletools.genops(f):
-                if op.name == "GLOBAL":
-                    found.append(str(arg).replace(" ", "."))
-                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                    found.append(f"{strings[-2]}.{strings[-1]}")
-                elif isinstance(arg, str):
-                    strings.append(arg)
-    except Exception:  # a damaged stream: the globals found before the damage
-        pass
-    # torch's rebuild functions, OrderedDict and the bytes helpers are in any state_dict: the others first
-    suspects = [g for g in found if g.split(".")[0] not in ("torch", "collections", "_codecs", "copyreg")]
-    return (suspects or found or [None])[0]
 
 
 def check_task(path: Path, state: dict[str, Any], task: str) -> None:

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from vaitrain.errors import CheckpointError, ConfigError
+from vaitrain.torch_files import load_error
 
 # vaitrain model names whose default build has torchvision's layout (and ImageNet weights there)
 TORCHVISION_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "densenet121", "densenet169", "densenet201")
@@ -93,12 +94,7 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as err:
-        code = re.search(r"GLOBAL (\S+)", str(err))
-        if code:
-            raise CheckpointError(f"'{path}' refers to code ({code.group(1)}) and is refused: weights are loaded with "
-                                  "weights_only=True; save a plain state_dict (torch.save(model.state_dict(), f))") from None
-        raise CheckpointError(f"'{path}' is truncated or corrupt, or not a torch file: "
-                              f"{' '.join(str(err).split())[:100] or type(err).__name__}") from None
+        raise load_error(path, err, "weights file", "save the weights again (torch.save(model.state_dict(), f))") from None
     if isinstance(obj, dict):
         for key in ("model", "state_dict"):
             if isinstance(obj.get(key), dict):
@@ -130,8 +126,10 @@ def load_weights(model: nn.Module, state: dict[str, Tensor], source: str) -> Loa
     unexpected = [k for k in state if k not in own]
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
-    replaceable = {final, stem_layer} - {None, ""}
-    bad_shapes = [k for k in shapes if k.rsplit(".", 1)[0] not in replaceable]
+    # the final layer may differ in its outputs (dim 0: classes) and the stem in its inputs (dim 1:
+    # channels), nothing else: another width there is another architecture
+    replaceable = {final: 0, stem_layer: 1}
+    bad_shapes = [k for k in shapes if not _differs_only_in(own[k], state[k], replaceable.get(k.rsplit(".", 1)[0]))]
     if unexpected or missing or bad_shapes:
         parts = []
         if missing:
@@ -145,6 +143,7 @@ def load_weights(model: nn.Module, state: dict[str, Tensor], source: str) -> Loa
         raise CheckpointError(f"{source} does not fit model {type(model).__name__}: " + "; ".join(parts)
                               + " (weights of another architecture or norm?)")
     new_layers = {k.rsplit(".", 1)[0] for k in shapes}
+    _check_values(state, [k for k in own if k in state and k.rsplit(".", 1)[0] not in new_layers], own, source)
     load = {}
     for k, v in own.items():
         if k not in state or k.rsplit(".", 1)[0] in new_layers:
@@ -155,6 +154,26 @@ def load_weights(model: nn.Module, state: dict[str, Tensor], source: str) -> Loa
         report.kept.append(k)
     model.load_state_dict(load, strict=False)
     return report
+
+
+def _differs_only_in(mine: Tensor, theirs: Tensor, dim: int | None) -> bool:
+    if dim is None or mine.ndim != theirs.ndim or mine.ndim <= dim:
+        return False
+    return all(a == b for i, (a, b) in enumerate(zip(mine.shape, theirs.shape)) if i != dim)
+
+
+def _check_values(state: dict[str, Tensor], keys: list[str], own: dict[str, Tensor], source: str) -> None:
+    """Tensors about to be copied: a float model tensor from an integer one (its values would be
+    truncated numbers) or NaN/inf weights (a run that fails many steps later, blaming the learning
+    rate) are refused here, naming the tensor."""
+    for k in keys:
+        v = state[k]
+        if own[k].is_floating_point() != v.is_floating_point() and not k.endswith("num_batches_tracked"):
+            raise CheckpointError(f"{source}: {k} is {v.dtype} in the file but {own[k].dtype} in the model: "
+                                  "not weights of this model")
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise CheckpointError(f"{source}: {k} holds NaN or inf values: the weights are damaged (a diverged "
+                                  "run?); use another file")
 
 
 def _few(keys: list[str], n: int = 3) -> str:

@@ -20,7 +20,14 @@ _JSONL_META = {"kind", "epoch", "step", "time", "status", "params", "wall_time"}
 def saved_overrides(run_dir: Path) -> list[str]:
     """The command-line overrides a run was started with (overrides.txt), without its resume=."""
     saved_file = Path(run_dir) / OVERRIDES_FILE
-    lines = saved_file.read_text().splitlines() if saved_file.is_file() else []
+    if not saved_file.is_file():  # every run writes one (empty when run with the defaults)
+        raise RunDirError(f"{saved_file} is missing: the run's settings cannot be re-created without it; write "
+                          "the run's command-line overrides into it, one per line (an empty file for the defaults)")
+    try:
+        lines = saved_file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise RunDirError(f"cannot read {saved_file} ({getattr(err, 'strerror', None) or err}): it should hold the "
+                          "run's overrides, one per line, as UTF-8 text") from None
     saved = [l.strip() for l in lines if l.strip() and not l.lstrip().startswith("#")]  # "# resumed at ..." notes
     return [o for o in saved if not o.startswith("resume=")]
 
