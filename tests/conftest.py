@@ -7,6 +7,19 @@ import torch
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compose_cache(tmp_path_factory):
+    """Composed group selections (vaitrain/config_cache.py) go to this session's own folder, not
+    the user's ~/.cache (subprocesses inherit it)."""
+    before = os.environ.get("VAITRAIN_CACHE_DIR")
+    os.environ["VAITRAIN_CACHE_DIR"] = str(tmp_path_factory.mktemp("vaitrain-cache"))
+    yield
+    if before is None:
+        os.environ.pop("VAITRAIN_CACHE_DIR", None)
+    else:
+        os.environ["VAITRAIN_CACHE_DIR"] = before
+
+
 @pytest.fixture
 def runs_dir(tmp_path):
     """A fresh out_dir for runs written by a test."""

@@ -11,6 +11,7 @@ from typing import Any, Iterable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from vaitrain import config_cache
 from vaitrain import config_checks as checks
 from vaitrain import registry
 from vaitrain.errors import ConfigError, check_choice, closest_first
@@ -182,10 +183,6 @@ def _unknown_key_error(key: str, cfg_hint: DictConfig | None) -> ConfigError:
 
 def compose(overrides: Sequence[str] = ()) -> DictConfig:
     """Compose conf/config.yaml with the overrides, resolve it and validate every option."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.errors import HydraException, MissingConfigException
-
     # A recipe (conf/experiment/, or the user's folder on hydra.searchpath) is a group outside the
     # defaults list, so `experiment=NAME` means `+experiment=NAME`.
     overrides = [f"+{o}" if o.split("=", 1)[0] == EXPERIMENT else o for o in overrides]
@@ -203,17 +200,13 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     if any(ov.is_sweep_override() for ov in parsed):
         raise ConfigError("sweep values (a,b or range(...)) need -m/--multirun")
     _check_group_choices(parsed)
-    register_schemas()
     dirs = [conf_dir(), *checks.search_dirs(parsed)]
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        try:
-            cfg = hydra_compose(config_name="config", overrides=overrides)
-        except MissingConfigException as err:
-            raise ConfigError(_first_line(err).split(" Config search path:")[0]) from None
-        except HydraException as err:
-            raise _composition_error(_full_text(err), overrides, hydra_compose, dirs) from None
-        except Exception as err:  # YAML syntax errors, and whatever else Hydra lets through
-            raise checks.yaml_error(err) or ConfigError(f"cannot compose the config: {_first_line(err)}") from None
+    # The group choices' composition is read from the cache when these files composed it before
+    # (config_cache.py); a user's config folder, and anything unusual, composes through Hydra.
+    cfg = config_cache.compose(parsed, (*GROUPS, EXPERIMENT), conf_dir(),
+                               lambda choices: _hydra_compose(choices, dirs)) if len(dirs) == 1 else None
+    if cfg is None:
+        cfg = _hydra_compose(overrides, dirs)
     try:
         OmegaConf.resolve(cfg)
     except Exception as err:  # interpolation errors
@@ -222,6 +215,24 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     checks.check_root_keys(cfg, RootConfig)
     _imply_pretrained_normalization(cfg, parsed)
     return cfg
+
+
+def _hydra_compose(overrides: list[str], dirs: Sequence[Path]) -> DictConfig:
+    """Hydra's composition of conf/config.yaml with the overrides (struct, unresolved)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException, MissingConfigException
+
+    register_schemas()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        try:
+            return hydra_compose(config_name="config", overrides=overrides)
+        except MissingConfigException as err:
+            raise ConfigError(_first_line(err).split(" Config search path:")[0]) from None
+        except HydraException as err:
+            raise _composition_error(_full_text(err), overrides, hydra_compose, dirs) from None
+        except Exception as err:  # YAML syntax errors, and whatever else Hydra lets through
+            raise checks.yaml_error(err) or ConfigError(f"cannot compose the config: {_first_line(err)}") from None
 
 
 def _imply_pretrained_normalization(cfg: DictConfig, parsed: Iterable[Any]) -> None:
