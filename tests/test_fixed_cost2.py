@@ -166,3 +166,40 @@ def test_the_cache_can_be_turned_off(cache, monkeypatch):
     monkeypatch.setenv(config_cache.CACHE_ENV, "")
     config.compose(["model=resnet56"])
     assert not cache.exists()
+
+
+@pytest.mark.parametrize("shape, dataformats", [((3, 40, 70), "CHW"), ((1, 19, 21), "CHW"), ((12, 10, 3), "HWC"),
+                                                ((17, 16), "HW")])
+def test_tensorboard_images_have_torchs_pixels(tmp_path, shape, dataformats):
+    """TBWriter.add_image (PNG at zlib level 1) shows what SummaryWriter.add_image shows: the same
+    size and the same pixels, from the same float-to-byte conversion (values just below a byte
+    step and out of [0, 1] included)."""
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    from vaitrain.track.tb import TBWriter
+
+    torch.manual_seed(0)
+    img = torch.rand(shape) * 1.2 - 0.1
+    n = min(img.numel(), 256)
+    img.view(-1)[:n] = torch.arange(n) / 255  # byte values through float32
+    ours = TBWriter(tmp_path / "ours")
+    ours.add_image("sample", img, 3, dataformats=dataformats)
+    ours.close()
+    theirs = SummaryWriter(str(tmp_path / "theirs"))
+    theirs.add_image("sample", img, 3, dataformats=dataformats)
+    theirs.close()
+    decoded = []
+    for name in ("ours", "theirs"):
+        acc = EventAccumulator(str(tmp_path / name), size_guidance={IMAGES: 0})
+        acc.Reload()
+        (event,) = acc.Images("sample")
+        assert event.step == 3
+        decoded.append((event.width, event.height, np.asarray(Image.open(io.BytesIO(event.encoded_image_string)))))
+    assert decoded[0][:2] == decoded[1][:2]
+    assert np.array_equal(decoded[0][2], decoded[1][2])

@@ -22,7 +22,30 @@ class TBWriter:
             self.w.add_scalar(tag, float(value), step)
 
     def image(self, tag: str, img: torch.Tensor, step: int, dataformats: str = "CHW") -> None:
-        self.w.add_image(tag, img, step, dataformats=dataformats)
+        self.add_image(tag, img, step, dataformats=dataformats)
+
+    def add_image(self, tag: str, img_tensor: Any, global_step: int | None = None, walltime: float | None = None,
+                  dataformats: str = "CHW") -> None:
+        """SummaryWriter.add_image's image, pixel for pixel (the same float-to-byte conversion), as a
+        PNG compressed at zlib level 1: PIL's default level 6 cost each epoch's sample grid ~8 ms
+        more CPU for a file about as large (a test compares the decoded pixels with torch's)."""
+        import io
+
+        import numpy as np
+        from PIL import Image
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        from torch.utils.tensorboard._utils import convert_to_HWC
+        from torch.utils.tensorboard.summary import _calc_scale_factor, make_np
+
+        array = convert_to_HWC(make_np(img_tensor), dataformats)
+        scale = _calc_scale_factor(array)
+        array = (array.astype(np.float32) * scale).clip(0, 255).astype(np.uint8)
+        height, width, channels = array.shape
+        png = io.BytesIO()
+        Image.fromarray(array).save(png, format="PNG", compress_level=1)
+        image = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=png.getvalue())
+        self.w._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]),
+                                              global_step, walltime)
 
     def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
         self.w.add_histogram(tag, values.detach().float().cpu(), step)
