@@ -203,3 +203,65 @@ def test_tensorboard_images_have_torchs_pixels(tmp_path, shape, dataformats):
         decoded.append((event.width, event.height, np.asarray(Image.open(io.BytesIO(event.encoded_image_string)))))
     assert decoded[0][:2] == decoded[1][:2]
     assert np.array_equal(decoded[0][2], decoded[1][2])
+
+
+def _hydras(text: str):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    ov = OverridesParser.create().parse_overrides([text])[0]
+    return (ov.key_or_group, ov.is_add(), ov.is_delete(), ov.is_force_add(), ov.is_sweep_override(), ov.package,
+            type(ov.value()), ov.value())
+
+
+def _ours(text: str):
+    from vaitrain.plain_overrides import parse
+
+    ov = parse(text)
+    if ov is None:
+        return None
+    return (ov.key_or_group, ov.is_add(), ov.is_delete(), ov.is_force_add(), ov.is_sweep_override(), ov.package,
+            type(ov.value()), ov.value())
+
+
+@pytest.mark.parametrize("text", [
+    "a=1", "a=-0", "a=0", "a=1e-3", "a=1E5", "a=-1.5e+3", "a=0.0", "a=2.50", "a=true", "a=TRUE", "a=False",
+    "a=null", "a=NULL", "a=nullx", "a=infx", "a=nan_x", "a=True1", "a=/tmp/x", "a=/", "a=_", "a=a-b", "a=a..b",
+    "a=abc-", "a=a.1e5", "a=x/1", "a=e5", "+experiment=cifar10_fast", "model.width_mult=0.25", "out_dir=runs/a-b",
+    "trainer.device=cuda", "name=", "a=07", "a=1_000", "a=1.", "a=.5", "a=inf", "a=Inf", "a=-inf", "a=nan",
+    "a=1.5.2", "++a=1", "~a", "~a=1", "a-b=1", "a@b=1", "a=-", "a=00", "a='x'", "a=[1,2]", "a=1,2", "a=${b}",
+    "a=x y", "a=choice(1,2)", "a=x:y", "a=\\\\x", "hydra.searchpath=[file:///x]", "+a.b=1", "a=ü",
+])
+def test_plain_overrides_read_as_hydra_reads_them(text):
+    ours = _ours(text)
+    if ours is not None:
+        assert ours == _hydras(text)
+
+
+def test_the_benchmark_command_line_is_plain():
+    from vaitrain.plain_overrides import parse_all
+
+    assert parse_all(["model=resnet20", "data.num_train=512", "data.augment=false", "trainer.device=cpu",
+                      "optim.lr=1e-3", "out_dir=/tmp/tmpab_12/runs0", "experiment=x"]) is not None
+
+
+try:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+except ImportError:  # pragma: no cover - hypothesis is in the dev extra
+    given = None
+
+if given is not None:
+    @settings(max_examples=400, deadline=None)
+    @given(st.text(alphabet="abeEfilnrstuxAFLNTU019_.-/+", min_size=0, max_size=10))
+    def test_plain_values_read_as_hydra_reads_them(value):
+        import math
+
+        text = f"key.sub={value}"
+        ours = _ours(text)
+        if ours is None:
+            return
+        theirs = _hydras(text)
+        if isinstance(ours[-1], float) and math.isnan(ours[-1]):
+            assert isinstance(theirs[-1], float) and math.isnan(theirs[-1])
+        else:
+            assert ours == theirs

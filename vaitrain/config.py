@@ -9,11 +9,11 @@ import importlib.resources
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vaitrain import config_cache
 from vaitrain import config_checks as checks
-from vaitrain import registry
+from vaitrain import plain_overrides, registry
 from vaitrain.errors import ConfigError, check_choice, closest_first
 from vaitrain.schema.root import GROUP_SCHEMAS, SCHEMA_PREFIX, RootConfig, register_schemas
 
@@ -121,6 +121,41 @@ BOUNDS: dict[str, tuple[float, float | None]] = {
     "search.slurm.gpus_per_job": (0, None),
     "search.slurm.cpus_per_job": (1, None),
     "search.slurm.timeout_min": (1, None),
+    # seeds: torch, numpy and Optuna all take an unsigned 32-bit seed
+    "seed": (0, 2**32 - 1),
+    "data.seed": (0, 2**32 - 1),
+    "search.seed": (0, 2**32 - 1),
+    "model.graph_seed": (0, 2**32 - 1),
+    # 0 means off / the default for each of these (see schema/trainer.py); negatives meant nothing
+    "trainer.threads": (0, None),
+    "trainer.val_batch_size": (0, None),
+    "trainer.layer_stats": (0, None),
+    "trainer.image_every": (0, None),
+    "trainer.stop_after": (0, None),
+    "trainer.checkpoint_every": (0, None),
+    "trainer.log_every": (1, None),
+    "norm.eps": (0.0, None),
+    "norm.momentum": (0.0, 1.0),
+    "model.base_width": (1, None),
+    "model.growth_rate": (1, None),
+    "model.num_init_features": (1, None),
+    "model.bn_size": (0, None),
+    "model.channels": (1, None),
+    "model.width": (1, None),
+    "model.down_every": (0, None),
+    "model.graph_p": (0.0, 1.0),
+    "sweep.slurm.mem_gb": (0, None),
+    "search.slurm.mem_gb": (0, None),
+    # list options: the bounds hold for every element
+    "optim.betas": (0.0, 0.999999),
+    "model.block_config": (1, None),
+    "sched.milestones": (0, None),
+}
+
+# List options of a fixed or minimum length: key -> (fewest, most or None elements, an example).
+LENGTHS: dict[str, tuple[int, int | None, str]] = {
+    "optim.betas": (2, 2, "[0.9,0.999]"),
+    "model.block_config": (1, None, "[6,6,6]"),
 }
 
 
@@ -186,7 +221,9 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     # A recipe (conf/experiment/, or the user's folder on hydra.searchpath) is a group outside the
     # defaults list, so `experiment=NAME` means `+experiment=NAME`.
     overrides = [f"+{o}" if o.split("=", 1)[0] == EXPERIMENT else o for o in overrides]
-    parsed = _parse(overrides)
+    # plain key=value forms without importing Hydra (a cached composition then needs none of it)
+    plain = plain_overrides.parse_all(overrides)
+    parsed = _parse(overrides) if plain is None else plain
     # `+group.key=` would add a key no schema knows, so a typo would pass silently. `+group=option`
     # (a user's experiment file) stays; `_target_`-style keys get their own refusal in validate().
     added = [o for o in overrides if o.startswith("+") and "." in o.split("=", 1)[0]
@@ -267,6 +304,9 @@ def _composition_error(text: str, overrides: list[str], hydra_compose: Any, dirs
     if bad_type and key:
         value, _, expected = bad_type.groups()
         return ConfigError(f"{key.group(1)}={value} is not a valid {expected.lower()}")
+    merged = checks.merge_error(text)
+    if merged is not None:
+        return merged
     in_file = re.search(r"In '([^']+)'.*\n.*Key '([^']+)' not in '(\w+)'", text)
     if in_file and key:
         group = key.group(1).split(".")[0]
@@ -312,13 +352,17 @@ def validate(cfg: DictConfig) -> None:
                 OmegaConf.update(cfg, key, value)
             check_choice(key, str(value), choices)
     checks.check_finite(cfg, BOUNDS)
+    checks.check_lengths(cfg, LENGTHS)
     for key, (lo, hi) in BOUNDS.items():
         value = OmegaConf.select(cfg, key, default=None)
         if value is None:
             continue
-        if value < lo or (hi is not None and value > hi):
-            rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-            raise ConfigError(f"{key}={value} is out of range; it must be {rng}")
+        items = list(enumerate(value)) if isinstance(value, ListConfig) else [(None, value)]
+        for i, item in items:
+            if item < lo or (hi is not None and item > hi):
+                rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+                where = key if i is None else f"{key}[{i}]"
+                raise ConfigError(f"{where}={item} is out of range; it must be {rng}")
 
 
 def expand_sweep(overrides: Sequence[str]) -> list[list[str]]:

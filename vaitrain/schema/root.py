@@ -4,8 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Optional
 
-from hydra.core.config_store import ConfigStore
-
 from vaitrain import registry
 from vaitrain.schema.data import DataConfig
 from vaitrain.schema.model import ModelConfig
@@ -68,6 +66,8 @@ def register_schemas() -> None:
     global _registered
     if _registered:
         return
+    from hydra.core.config_store import ConfigStore  # Hydra is imported when it composes
+
     cs = ConfigStore.instance()
     cs.store(name=f"{SCHEMA_PREFIX}root", node=RootConfig)
     for group, schemas in GROUP_SCHEMAS.items():
