@@ -385,3 +385,70 @@ def test_jpeg_mask_is_named_as_lossy(tmp_path):
     train_refused(tmp_path, ["data=seg_folder", "task=segmentation", "model=unet", f"data.root={root}"],
                   rf"^error: no mask for image {root}/images/2.png: expected {root}/masks/2.png \(2.jpg is there, but "
                   r"masks must be lossless")
+
+
+# ----- checkpoints whose fields are not what vaitrain writes ---------------------------------------
+
+def _edit_checkpoints(run: Path, change) -> None:
+    for name in ("best.pt", "last.pt"):
+        state = torch.load(run / "checkpoints" / name, weights_only=True)
+        change(state)
+        torch.save(state, run / "checkpoints" / name)
+
+
+def _first_param_state(state: dict) -> dict:
+    return next(iter(state["optimizer"]["state"].values()))
+
+
+@pytest.mark.parametrize("change, pattern", [
+    (lambda s: s.update(model=[1, 2]), r"'model' is not a dict of tensors"),
+    (lambda s: s.update(epoch="x"), r"'epoch' is 'x', not a count"),
+    (lambda s: s.update(data_stats={"mean": "x"}), r"'data_stats' is not a dict of tensors"),
+    (lambda s: s["data_info"].update(num_classes="6"), r"data_info 'num_classes' is '6', not a count"),
+    (lambda s: s.update(optimizer={"state": 5}), r"'optimizer' lacks torch's state and param_groups"),
+], ids=["model", "epoch", "data_stats", "data_info", "optimizer"])
+def test_checkpoint_fields_of_the_wrong_type(completed, tmp_path, change, pattern):
+    run = Path(shutil.copytree(completed, tmp_path / "run"))
+    _edit_checkpoints(run, change)
+    before = snapshot(run)
+    commands = (["eval", run], ["predict", run, png(tmp_path / "p.png", rgb(16, 16))],
+                ["train", f"resume={run}", "trainer.epochs=2"])
+    for args in commands:  # (each was a TypeError, ValueError or KeyError traceback)
+        refused(cli(args), rf"^error: checkpoint '\S+\.pt' is damaged or was not written by vaitrain: {pattern}")
+    assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("change, pattern", [
+    (lambda s: _first_param_state(s).update(momentum_buffer=torch.zeros(3)),
+     r"the checkpoint's optimizer state 'momentum_buffer' has shape \(3,\) for a parameter of shape \(4, 3, 3, 3\)"),
+    (lambda s: s["optimizer"].update(param_groups=[]), r"the checkpoint's optimizer or schedule state does not fit optim=SGD"),
+    (lambda s: s["rng"].update(torch=torch.zeros(3, dtype=torch.uint8)), r"the checkpoint's random-number state is damaged"),
+], ids=["momentum_shape", "param_groups", "rng"])
+def test_resume_from_optimizer_or_rng_state_that_does_not_fit(completed, tmp_path, change, pattern):
+    run = Path(shutil.copytree(completed, tmp_path / "run"))
+    _edit_checkpoints(run, change)
+    refused(cli(["train", f"resume={run}", "trainer.epochs=2"]), rf"^error: {pattern}")
+
+
+def test_checkpoint_without_normalization_for_predict_and_export(completed, tmp_path):
+    run = Path(shutil.copytree(completed, tmp_path / "run"))
+    _edit_checkpoints(run, lambda s: s.pop("data_stats"))
+    for args in (["predict", run, png(tmp_path / "p.png", rgb(16, 16))],
+                 ["export", run, "--format", "torchscript", "--out", tmp_path / "m.pt"]):
+        refused(cli(args), r"^error: checkpoint '\S+best.pt' has no normalization statistics \(data_stats mean/std\)")
+    assert not (tmp_path / "m.pt").exists()
+
+
+BILLION_LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(9))
+
+
+def test_config_with_yaml_aliases_is_refused_before_it_expands(completed, tmp_path):
+    run = Path(shutil.copytree(completed, tmp_path / "run"))
+    (run / "config.yaml").write_text(BILLION_LAUGHS)  # 9^10 values if expanded
+    refused(cli(["compare-runs", run]), r"'\S+config.yaml' uses YAML aliases \(\*name\), which vaitrain never writes: "
+                                        r"refused")
+    refused(cli(["report", run, "--out", tmp_path / "r.html"]), r"uses YAML aliases")
+    _edit_checkpoints(run, lambda s: s.update(config_yaml=BILLION_LAUGHS))
+    refused(cli(["train", f"resume={run}", "trainer.epochs=2"]),
+            r"^error: 'the config in \S+'s checkpoint' uses YAML aliases")

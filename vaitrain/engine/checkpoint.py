@@ -69,7 +69,52 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
                 + ("upgrade vaitrain to read it" if newer else "retrain with this vaitrain, or use the version that wrote it"))
         raise CheckpointError(f"'{path}' is not a vaitrain checkpoint (format {FORMAT}); a plain state_dict "
                               "(torchvision's .pth files) is given as model.weights=FILE")
+    bad = _odd_field(state)
+    if bad:
+        raise CheckpointError(f"checkpoint '{path}' is damaged or was not written by vaitrain: {bad}; use the run's "
+                              "other checkpoint (best.pt/last.pt) or start a new run")
     return state
+
+
+# The fields a checkpoint holds and the types vaitrain writes them with: a file that differs (edited,
+# hand-made, damaged) is refused in one line here, not met as a TypeError deep inside eval or resume.
+_INT_FIELDS = ("epoch", "step", "batch_in_epoch", "skipped_steps")
+_STR_FIELDS = ("model_name", "task", "config_yaml")
+_DICT_FIELDS = ("data_info", "optimizer", "scheduler", "scaler", "rng", "best", "ema")
+_INFO_INTS = ("in_channels", "image_size", "num_classes", "target_dim")
+
+
+def _odd_field(state: dict[str, Any]) -> str | None:
+    """What in `state` is not as vaitrain writes it (None when all is)."""
+    def tensors(value: Any) -> bool:
+        return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+
+    if not tensors(state["model"]) or not state["model"]:
+        return "'model' is not a dict of tensors"
+    if "data_stats" in state and not tensors(state["data_stats"]):
+        return "'data_stats' is not a dict of tensors"
+    for key in _INT_FIELDS:
+        if key in state and (not isinstance(state[key], int) or isinstance(state[key], bool) or state[key] < 0):
+            return f"'{key}' is {state[key]!r}, not a count"
+    for key in _STR_FIELDS:
+        if key in state and not isinstance(state[key], str):
+            return f"'{key}' is not text"
+    for key in _DICT_FIELDS:
+        if key in state and state[key] is not None and not isinstance(state[key], dict):
+            return f"'{key}' is not a dict"
+    info = state.get("data_info")
+    if info:
+        for key in _INFO_INTS:
+            if not isinstance(info.get(key), int) or isinstance(info.get(key), bool) or info[key] < 0:
+                return f"data_info '{key}' is {info.get(key)!r}, not a count"
+        for key in ("class_names", "target_names"):
+            if not isinstance(info.get(key), list) or not all(isinstance(n, str) for n in info[key]):
+                return f"data_info '{key}' is not a list of names"
+    optimizer = state.get("optimizer")
+    if optimizer is not None and not (isinstance(optimizer.get("state"), dict)
+                                      and isinstance(optimizer.get("param_groups"), list)):
+        return "'optimizer' lacks torch's state and param_groups"
+    return None
 
 
 def check_task(path: Path, state: dict[str, Any], task: str) -> None:

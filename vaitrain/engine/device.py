@@ -7,7 +7,7 @@ from typing import Any, ContextManager
 
 import torch
 
-from vaitrain.errors import DeviceError
+from vaitrain.errors import CheckpointError, DeviceError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -61,7 +61,11 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
+    try:
+        random.setstate(state["python"])
+        torch.set_rng_state(state["torch"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"the checkpoint's random-number state is damaged ({type(err).__name__}): resume from "
+                              "the run's other checkpoint or start a new run") from None
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

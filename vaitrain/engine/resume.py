@@ -58,10 +58,13 @@ class ResumePlan:
 def plan_resume(cfg: DictConfig, state: dict[str, Any], run_dir: Path) -> ResumePlan:
     """Check a resume against the checkpoint it starts from; raise ConfigError/RunDirError in one
     line for a completed run, a shrunk plan or a changed model/data/task/batch/optimizer."""
-    from vaitrain.track.runs import flatten
+    from vaitrain.track.runs import config_from_yaml, flatten
 
+    in_checkpoint = bool(state.get("config_yaml"))
     old_yaml = state.get("config_yaml") or _read_text(Path(run_dir) / rundir.CONFIG_FILE)
-    old = flatten(OmegaConf.to_container(OmegaConf.create(old_yaml), resolve=False)) if old_yaml else {}
+    where = f"the config in {run_dir}'s checkpoint" if in_checkpoint else str(Path(run_dir) / rundir.CONFIG_FILE)
+    old_tree = config_from_yaml(old_yaml, where) if old_yaml else {}
+    old = flatten(old_tree) if isinstance(old_tree, dict) else {}
     new = flatten(OmegaConf.to_container(cfg, resolve=True))
     done, mid_epoch = int(state.get("epoch", 0)), int(state.get("batch_in_epoch", 0))
     planned = int(old.get("trainer.epochs", cfg.trainer.epochs))
@@ -117,6 +120,6 @@ def record_resume(run_dir: Path, plan: ResumePlan, overrides: list[str], config_
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text()
-    except OSError:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
         return ""

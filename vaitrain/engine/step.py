@@ -15,7 +15,7 @@ from torch import nn
 
 from vaitrain.engine import dist
 from vaitrain.engine.device import autocast
-from vaitrain.errors import TrainingError
+from vaitrain.errors import CheckpointError, TrainingError
 
 MIN_LOSS_SCALE = 1.0  # fp16: overflow after overflow down to this scale means a diverged run
 
@@ -102,11 +102,37 @@ class OptimizerStep:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.opt.scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
+        """Restore from a checkpoint; state that does not fit this optimizer (another one's, or
+        edited) is one CheckpointError here rather than a KeyError now or a size mismatch at the first
+        step."""
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.opt.scheduler.load_state_dict(state["scheduler"])
+            if state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+        except (KeyError, ValueError, TypeError, IndexError, AttributeError) as err:
+            raise CheckpointError(f"the checkpoint's optimizer or schedule state does not fit optim="
+                                  f"{self.optimizer.__class__.__name__} ({type(err).__name__}: {err}): resume from "
+                                  "the run's other checkpoint or start a new run") from None
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                for key, value in self.optimizer.state.get(p, {}).items():
+                    if isinstance(value, torch.Tensor) and not _broadcasts_to(value.shape, p.shape):
+                        raise CheckpointError(f"the checkpoint's optimizer state '{key}' has shape {tuple(value.shape)} "
+                                              f"for a parameter of shape {tuple(p.shape)}: resume from the run's other "
+                                              "checkpoint or start a new run")
         self.skipped_steps = int(state.get("skipped_steps", 0))
+
+
+def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
+    """A scalar (a step count), or a tensor of the parameter's rank that broadcasts to it (Adam's
+    moments; Alrao's per-feature rates)."""
+    if len(shape) == 0 or shape.numel() == 1:
+        return True
+    try:
+        return len(shape) == len(target) and torch.broadcast_shapes(shape, target) == target
+    except RuntimeError:
+        return False
 
 
 def mean_over_ranks(total: torch.Tensor, count: int, distributed: bool) -> float:

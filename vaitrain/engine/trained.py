@@ -14,6 +14,7 @@ from torch import nn
 
 from vaitrain.engine.checkpoint import check_compatible
 from vaitrain.engine.evaluate import load_run_checkpoint
+from vaitrain.errors import CheckpointError
 
 
 @dataclass
@@ -46,6 +47,9 @@ def load_trained(run_dir: Path, checkpoint: str = "best", overrides: list[str] =
 
     cfg, path, state = load_run_checkpoint(run_dir, checkpoint, overrides)
     stats = {k: torch.as_tensor(v).float() for k, v in (state.get("data_stats") or {}).items()}
+    if "mean" not in stats or "std" not in stats:  # predict/export normalize new files with them
+        raise CheckpointError(f"checkpoint '{path}' has no normalization statistics (data_stats mean/std): use the "
+                              "run's other checkpoint, or a checkpoint that vaitrain train wrote")
     info = state.get("data_info") or _info_from_data(cfg, stats)
     data = SimpleNamespace(num_classes=info["num_classes"], target_dim=info["target_dim"],
                            class_names=info["class_names"], target_names=info["target_names"], stats=stats)

@@ -32,6 +32,26 @@ def saved_overrides(run_dir: Path) -> list[str]:
     return [o for o in saved if not o.startswith("resume=")]
 
 
+def config_from_yaml(text: str, where: str) -> Any:
+    """A run's saved config (config.yaml, or its copy in a checkpoint) as plain containers. YAML
+    aliases are refused before anything is built: vaitrain never writes them, and a few lines of
+    nested aliases expand to billions of values (a 'billion laughs' file). Tags such as
+    !!python/object are refused by the safe loader. Any failure is one RunDirError naming `where`."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    try:
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
+            raise RunDirError(f"'{where}' uses YAML aliases (*name), which vaitrain never writes: refused (they can "
+                              "expand without bound); restore the file vaitrain wrote")
+        return OmegaConf.to_container(OmegaConf.create(text), resolve=False) if text.strip() else {}
+    except RunDirError:
+        raise
+    except Exception as err:  # YAML syntax, a tag, a top level OmegaConf cannot hold
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RunDirError(f"cannot read '{where}': {first}") from None
+
+
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     """Nested dicts to {'a.b.c': value}; lists stay values."""
     if not isinstance(tree, dict):
@@ -167,15 +187,14 @@ def _read_jsonl(path: Path) -> _Jsonl:
 
 def load_run(path: Path | str) -> Run:
     """Read a run directory back: config, scalar series (TensorBoard, else metrics.jsonl), status."""
-    from omegaconf import OmegaConf
-
     path = Path(path)
     if not is_run_dir(path):
         raise RunDirError(f"'{path}' is not a run directory (it needs config.yaml and metrics.jsonl)")
     try:
-        config = OmegaConf.to_container(OmegaConf.load(path / CONFIG_FILE), resolve=False)
-    except Exception as err:
-        raise RunDirError(f"cannot read '{path / CONFIG_FILE}': {str(err).splitlines()[0]}") from None
+        text = (path / CONFIG_FILE).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise RunDirError(f"cannot read '{path / CONFIG_FILE}': {err}") from None
+    config = config_from_yaml(text, str(path / CONFIG_FILE))
     flat = flatten(config if isinstance(config, dict) else {})
     js = _read_jsonl(path / METRICS_FILE)
     series = js.series
