@@ -55,6 +55,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=True,  # --install-completion: groups, options and keys complete (vaitrain/options.py)
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},  # -h as well: what most tools take
 )
 
 
@@ -101,6 +102,25 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
                                        help="Print the version and exit.")) -> None:
     """Train, evaluate and benchmark image networks; every choice is a config override
     (e.g. `vaitrain train model=unet task=segmentation optim=adam`); `vaitrain options` lists them."""
+
+
+@app.command("help", hidden=True)
+def help_(ctx: typer.Context, command: Optional[str] = typer.Argument(None, help="A command, e.g. train.")) -> None:
+    """`vaitrain help [COMMAND]`: the same as `vaitrain [COMMAND] --help` (what a new user tries first)."""
+    root = ctx.parent if ctx.parent is not None else ctx
+    if command is None:
+        text = root.get_help()
+    else:
+        found = root.command.get_command(root, command)  # type: ignore[attr-defined]
+        if found is None or getattr(found, "hidden", False):
+            names = [n for n, c in root.command.commands.items() if not c.hidden]  # type: ignore[attr-defined]
+            from vaitrain.errors import closest_first
+
+            fail(f"no command '{command}'; the commands are: {', '.join(closest_first(command, names))}")
+        with typer.Context(found, info_name=command, parent=root) as sub:  # type: ignore[arg-type]
+            text = found.get_help(sub)
+    if text.strip():  # rich prints the help itself and returns nothing
+        typer.echo(text)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -352,8 +372,8 @@ def options(
 
 @app.command()
 @one_line_errors
-def models(overrides: Optional[List[str]] = typer.Argument(None, help="e.g. data.image_size=64 task=segmentation", autocompletion=_complete)) -> None:
-    """Every model with its parameters and GFLOPs at the chosen data's resolution."""
+def models(overrides: Optional[List[str]] = typer.Argument(None, help="e.g. data.image_size=64 task=segmentation; model=NAME: that model only", autocompletion=_complete)) -> None:
+    """Every model (or model=NAME's) with its parameters and GFLOPs at the chosen data's resolution."""
     from vaitrain.track.progress import for_stderr
     from vaitrain.zoo import model_table
 
@@ -427,7 +447,7 @@ def compare_runs(
     fmt: str = typer.Option("table", "--format", help="table | markdown | csv | json"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the metrics' curves to FILE.png (needs matplotlib: the \\[plot] extra)."),
     serve: bool = typer.Option(False, "--serve", help="Then start TensorBoard on the runs (Ctrl-C stops it)."),
-    port: int = typer.Option(6006, "--port", help="--serve: first port to try."),
+    port: int = typer.Option(6006, "--port", min=1, max=65535, help="--serve: first port to try."),
     wide: bool = typer.Option(False, "--wide", help="Every column in full, however wide (default: fit the terminal)."),
 ) -> None:
     """Runs side by side: the config keys that differ, best/final metrics, wall time, img/s, params."""

@@ -278,11 +278,11 @@ def free_port(start: int = 6006, host: str = "127.0.0.1") -> int:
     """The first port from `start` that can be bound on host (0 for any free one)."""
     import socket
 
-    for port in range(start, start + 100) if start else [0]:
+    for port in range(start, min(start + 100, 65536)) if start else [0]:  # bind() takes 0-65535
         with socket.socket() as s:
             try:
                 s.bind((host, port))
             except OSError:
                 continue
             return s.getsockname()[1]
-    raise RunDirError(f"no free port from {start} to {start + 99}; choose one with --port")
+    raise RunDirError(f"no free port from {start} to {min(start + 99, 65535)}; choose one with --port")

@@ -250,6 +250,7 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
         raise ConfigError(f"cannot resolve the config: {_first_line(err)}") from None
     validate(cfg)
     checks.check_root_keys(cfg, RootConfig)
+    checks.check_bool_values(parsed, cfg)
     _imply_pretrained_normalization(cfg, parsed)
     return cfg
 
@@ -353,6 +354,7 @@ def validate(cfg: DictConfig) -> None:
             check_choice(key, str(value), choices)
     checks.check_finite(cfg, BOUNDS)
     checks.check_lengths(cfg, LENGTHS)
+    checks.check_not_empty(cfg)
     for key, (lo, hi) in BOUNDS.items():
         value = OmegaConf.select(cfg, key, default=None)
         if value is None:
@@ -395,9 +397,13 @@ def expand_sweep(overrides: Sequence[str]) -> list[list[str]]:
                 raise ConfigError(f"'{ov.input_line}' matches none of {key}'s options: {', '.join(group_options(key))}")
             axes[key] = [f"{key}={o}" for o in options]
         elif ov.is_sweep_override():
+            n = checks.range_length(ov)
+            checks.check_sweep_size({**{k: len(v) for k, v in axes.items() if k != key}, key: n or 0})
             axes[key] = [f"{key}={v}" for v in ov.sweep_string_iterator()]
+            checks.check_sweep_axis(ov.input_line, axes[key])
         else:
             axes[key] = [f"{key}={ov.get_value_element_as_str()}"]
+    checks.check_sweep_size({k: len(v) for k, v in axes.items()})
     _check_group_choices(p for p in _parse([v for values in axes.values() for v in values]))
     return [list(job) for job in itertools.product(*axes.values())]
 

@@ -135,3 +135,106 @@ def _floats(node: Any, prefix: str) -> Iterable[tuple[str, float]]:
             yield from _floats(v, f"{prefix}[{i}]")
     elif isinstance(node, float):
         yield prefix, node
+
+
+
+def check_lengths(cfg: DictConfig, lengths: dict[str, tuple[int, int | None, str]]) -> None:
+    """A list option of the wrong length (optim.betas=[0.9]) fails here in one line, not as an
+    index error inside a builder. `lengths`: key -> (fewest, most or None, an example value)."""
+    for key, (fewest, most, example) in lengths.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None:
+            continue
+        n = len(value)
+        if n < fewest or (most is not None and n > most):
+            want = f"{fewest} values" if fewest == most else f"at least {fewest} value{'s' * (fewest > 1)}"
+            raise ConfigError(f"{key}={list(value)} has {n} value{'s' * (n != 1)}; it needs {want}, "
+                              f"e.g. {key}={example}")
+
+
+def merge_error(text: str) -> ConfigError | None:
+    """One line, with the fix, for Hydra's 'Error merging override' (a value of the wrong kind for
+    its key: not a bool, a scalar for a list, a list for a string, null for a required key)."""
+    override = re.search(r"Error merging override (.*)", text)
+    key = re.search(r"full_key: (\S+)", text)
+    if not override or not key:
+        return None
+    given, key_name = override.group(1).strip(), re.sub(r"\[\d+\]$", "", key.group(1))
+    raw = given.split("=", 1)[1] if "=" in given else ""
+    if re.search(r"is not a valid bool", text):
+        return ConfigError(f"{given} is not a valid bool; write {key_name}=true or {key_name}=false")
+    if re.search(r"is not a ListConfig, list or tuple", text):
+        return ConfigError(f"{given}: {key_name} is a list; write it in brackets, e.g. {key_name}=[{raw}]")
+    kind = re.search(r"Cannot convert '(\w+)' to string", text)
+    if kind:
+        return ConfigError(f"{given}: {key_name} takes one value, not a {kind.group(1)}; quote a value that holds "
+                           f"[ ] {{ }} or commas, e.g. {key_name}='...'")
+    if re.search(r"is not Optional", text):
+        return ConfigError(f"{given}: {key_name} needs a value, not null (see `vaitrain options` for what it takes)")
+    lines = [line.strip() for line in text.splitlines()[1:] if line.strip()]
+    why = lines[0] if lines else "a value of the wrong kind"
+    return ConfigError(f"cannot set {given}: {why} (see `vaitrain options` for what {key_name} takes)")
+
+
+def check_bool_values(parsed: Iterable[Any], cfg: DictConfig) -> None:
+    """OmegaConf turns any integer into a bool (trainer.compile=2 -> true): only 0 and 1 (and
+    true/false, yes/no, on/off) are taken for a bool option, anything else is refused."""
+    for ov in parsed:
+        value = ov.value() if not ov.is_delete() and not ov.is_sweep_override() else None
+        if not isinstance(value, int) or isinstance(value, bool) or value in (0, 1):
+            continue
+        key = str(ov.key_or_group)
+        if isinstance(OmegaConf.select(cfg, key, default=None), bool):
+            raise ConfigError(f"{key}={value} is not a valid bool; write {key}=true or {key}=false")
+
+
+# A grid larger than this is a typo (range(100000)) far more often than a plan: each job is
+# composed before the first starts, so it would hang silently for minutes. `vaitrain search`
+# samples a large space instead.
+MAX_SWEEP_JOBS = 1000
+
+
+def range_length(ov: Any) -> int | None:
+    """The number of values of a `range(...)` sweep, counted without listing them (range(10**9)
+    would not fit in memory; a step of 0 would never end); None for other overrides."""
+    from hydra.core.override_parser.types import RangeSweep
+
+    value = ov.value()
+    if not isinstance(value, RangeSweep):
+        return None
+    start, stop, step = value.start, value.stop, value.step
+    if not step:
+        raise ConfigError(f"'{ov.input_line}': the step of a range cannot be 0; write range(start,stop,step)")
+    return max(0, math.ceil((stop - start) / step))
+
+
+def check_sweep_axis(line: str, values: Sequence[str]) -> None:
+    """A swept key with no values (range(3,1)) or a value twice (lr=0.1,0.1: the same run twice)."""
+    if not values:
+        raise ConfigError(f"'{line}' gives no values (a range counts up from start to stop by step, "
+                          "e.g. range(1,4) = 1,2,3); give at least one")
+    seen = set()
+    for v in values:
+        if v in seen:
+            raise ConfigError(f"'{line}' lists {v.split('=', 1)[-1]} twice: each value once (the same run twice "
+                              "gives the same result; to repeat a run, sweep seed=1,2,3)")
+        seen.add(v)
+
+
+def check_sweep_size(counts: dict[str, int]) -> None:
+    jobs = math.prod(counts.values()) if counts else 1
+    if jobs > MAX_SWEEP_JOBS:
+        sizes = " x ".join(f"{n} ({k})" for k, n in counts.items() if n > 1)
+        raise ConfigError(f"the sweep makes {jobs} jobs ({sizes}), more than the {MAX_SWEEP_JOBS} a grid may "
+                          "have: narrow the values, or sample the space with `vaitrain search`")
+
+
+# Text options that cannot be empty: an empty out_dir put the runs straight into the working folder.
+NOT_EMPTY = {"out_dir": "out_dir=runs"}
+
+
+def check_not_empty(cfg: DictConfig) -> None:
+    for key, example in NOT_EMPTY.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and not str(value).strip():
+            raise ConfigError(f"{key} is empty; give a folder, e.g. {example} (`.` for the current one)")

@@ -70,6 +70,8 @@ def export_run(run_dir: Path, fmt: str, out: Path, *, checkpoint: str = "best", 
     out = Path(out)
     if not out.parent.is_dir():
         raise ConfigError(f"--out {out}: the folder {out.parent} does not exist")
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; name the file to write, e.g. --out {out / ('model.onnx' if fmt == 'onnx' else 'model.pt')}")
     trained = load_trained(run_dir, checkpoint, list(overrides), device="cpu")
     info = trained.info
     c, s = int(info["in_channels"]), int(info["image_size"])
@@ -98,6 +100,7 @@ def export_run(run_dir: Path, fmt: str, out: Path, *, checkpoint: str = "best", 
         if got is not None and not diff <= tolerance:
             raise ExportError(f"the exported {fmt} model differs from PyTorch by {diff:.3g} (max abs) on a batch of "
                               f"{CHECK_BATCH}, over the tolerance {tolerance:g}: not written")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would keep the file from everyone else
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -106,6 +109,12 @@ def export_run(run_dir: Path, fmt: str, out: Path, *, checkpoint: str = "best", 
 
     write_text_atomic(sidecar, json.dumps(_describe(trained, fmt, include_normalization, (c, s)), indent=2) + "\n")
     return ExportResult(out, sidecar, fmt, diff, checked_with, seconds, (c, s, s))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _normalized(x: Tensor, stats: dict[str, Tensor]) -> Tensor:
@@ -135,8 +144,10 @@ def _onnx(model: nn.Module, example: Tensor, path: Path) -> None:
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
             warnings.simplefilter("ignore")
+            # external_data=False: the weights inside the one file. With torch's default they went to
+            # '<temp name>.data' beside it, which the .onnx named and the rename left behind
             torch.onnx.export(model, (example,), str(path), dynamo=True, dynamic_shapes=({0: batch},),
-                              input_names=["image"], output_names=["output"], verbose=False)
+                              input_names=["image"], output_names=["output"], verbose=False, external_data=False)
     except Exception as err:
         raise ExportError(f"{type(_inner(model)).__name__} cannot be exported to ONNX (torch.onnx.export: "
                           f"{_first(err)}); try --format torchscript") from None

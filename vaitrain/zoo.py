@@ -8,7 +8,7 @@ import torch
 
 from vaitrain.config import compose, group_options
 from vaitrain.data import build_data
-from vaitrain.errors import VaitrainError
+from vaitrain.errors import VaitrainError, check_choice
 from vaitrain.models import build_model
 from vaitrain.models.flops import count_flops
 from vaitrain.tasks import build_task
@@ -37,6 +37,9 @@ def model_table(overrides: list[str], progress: Progress | None = None) -> tuple
     the data's resolution (for the chosen task's outputs), or why it cannot be built or counted:
     one failing model never loses the table."""
     progress = progress or Progress("none")
+    chosen = [o.split("=", 1)[1] for o in overrides if o.startswith("model=")]
+    for name in chosen:  # `vaitrain models model=unet`: that model's row only
+        check_choice("model", name, list_models())
     base = compose([o for o in overrides if not o.startswith("model=")])
     if base.data.name == "shapes":  # only shapes, channels and classes matter: generate 2 scenes, not 5,000
         base = compose([o for o in overrides if not o.startswith("model=")]
@@ -44,7 +47,7 @@ def model_table(overrides: list[str], progress: Progress | None = None) -> tuple
     data, task = _data_and_task(base)
     shape = (FLOPS_BATCH, data.in_channels, data.image_size, data.image_size)
     rows: list[list[Any]] = []
-    names = list_models()
+    names = chosen[-1:] or list_models()
     with progress.step(f"counting FLOPs at {data.image_size} px", len(names)):
         for name in names:
             progress.advance(0, model=name)

@@ -87,7 +87,13 @@ def build_components(
     net.to(device)
     if cfg.trainer.channels_last:
         net.to(memory_format=torch.channels_last)
-    steps_per_epoch = max(1, len(data.train) // int(cfg.trainer.grad_accum))
+    accum = int(cfg.trainer.grad_accum)
+    if accum > len(data.train):  # not one optimizer step per epoch: the run would train nothing
+        raise ConfigError(
+            f"trainer.grad_accum={accum} is more than the {len(data.train)} batches of an epoch "
+            f"(trainer.batch_size={cfg.trainer.batch_size}): use trainer.grad_accum <= {len(data.train)}, "
+            "or a smaller trainer.batch_size")
+    steps_per_epoch = max(1, len(data.train) // accum)
     opt = build_optimization(
         cfg.optim, cfg.sched, net, task, steps_per_epoch=steps_per_epoch, epochs=int(cfg.trainer.epochs)
     )

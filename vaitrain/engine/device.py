@@ -30,7 +30,14 @@ def resolve_device(name: str) -> torch.device:
             raise DeviceError(
                 f"trainer.device={name} but only {torch.cuda.device_count()} CUDA device(s) exist"
             )
-    elif device.type not in ("cpu", "mps"):
+    elif device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise DeviceError(f"trainer.device={name} but Apple's MPS is not available on this machine "
+                              "(macOS with Apple silicon only); use trainer.device=cpu (or auto)")
+        if device.index not in (None, 0):
+            raise DeviceError(f"trainer.device={name} but there is one MPS device; use trainer.device=mps")
+    elif device.type != "cpu":
         raise DeviceError(f"trainer.device={name} is not supported; use auto, cpu, cuda or cuda:N")
     return device
 

@@ -12,7 +12,7 @@ from vaitrain.config import compose
 from vaitrain.engine.checkpoint import check_compatible, check_task, load_checkpoint
 from vaitrain.engine.components import build_components
 from vaitrain.engine.device import autocast, resolve_device, resolve_precision
-from vaitrain.errors import ConfigError, RunDirError
+from vaitrain.errors import CheckpointError, ConfigError, RunDirError
 from vaitrain.track import rundir
 from vaitrain.track.runs import saved_overrides
 
@@ -85,6 +85,10 @@ def evaluate_checkpoint(model: torch.nn.Module, path: Path, loader: Any, task: A
 def resolve_checkpoint(run_dir: Path, checkpoint: str) -> Path:
     if checkpoint in ("best", "last"):
         return Path(run_dir) / rundir.CKPT_DIR / f"{checkpoint}.pt"
+    path = Path(checkpoint)
+    if path.is_dir() or (not path.exists() and path.suffix != ".pt"):  # `--checkpoint bets`
+        raise CheckpointError(f"--checkpoint {checkpoint}: give best, last or the path of a .pt file "
+                              f"({checkpoint} is {'a folder' if Path(checkpoint).is_dir() else 'no file'})")
     return Path(checkpoint)
 
 

@@ -32,6 +32,8 @@ def resume_overrides(run_dir: Path, extra: list[str]) -> list[str]:
 def prepare(overrides: list[str]) -> tuple[DictConfig, list[str]]:
     """Compose the config for `vaitrain train`; with resume=DIR, the run's own overrides come first."""
     resume = [o for o in overrides if o.startswith("resume=")]
+    if resume and not resume[-1].split("=", 1)[1].strip():  # Path("") would be the working folder
+        raise RunDirError("resume= is empty; give the run directory to continue, e.g. resume=runs/<date>/<run>")
     if resume:
         overrides = resume_overrides(Path(resume[-1].split("=", 1)[1]), overrides)
     return compose(overrides), overrides

@@ -159,7 +159,10 @@ def check_image_size(image_size: int, fits: Callable[[int], bool], what: str) ->
     Only pooling can reach 0 px (strided convs round up), hence the model.down=strided hint."""
     if fits(image_size):
         return
-    smallest = next(s for s in range(1, 8193) if fits(s))
+    smallest = next((s for s in range(1, 8193) if fits(s)), None)
+    if smallest is None:  # pooled away at any size (plain_cnn down-sampling every layer)
+        raise ConfigError(f"{what} down-samples even an 8192 px image to nothing: down-sample less often "
+                          "(model.down_every, model.depth) or use model.down=strided")
     raise ConfigError(f"{what} down-samples a {image_size} px image to nothing: use data.image_size >= "
                       f"{smallest} or model.down=strided")
 
