@@ -452,3 +452,22 @@ def test_config_with_yaml_aliases_is_refused_before_it_expands(completed, tmp_pa
     _edit_checkpoints(run, lambda s: s.update(config_yaml=BILLION_LAUGHS))
     refused(cli(["train", f"resume={run}", "trainer.epochs=2"]),
             r"^error: 'the config in \S+'s checkpoint' uses YAML aliases")
+
+
+def test_image_names_with_dots_pair_with_their_own_masks(tmp_path):
+    """'cat.1.png' and 'cat.2.png' both looked for masks/cat.png (Path.with_suffix replaced '.1'): with
+    a cat.png mask there, two images got another image's labels."""
+    root = tmp_path / "data"
+    expected = {}
+    for i, name in enumerate(["cat.1", "cat.2", "cat", "dog"]):
+        png(root / "images" / f"{name}.png", rgb())
+        mask = np.full((8, 8), i % 3, np.uint8)
+        png(root / "masks" / f"{name}{'.PNG' if name == 'dog' else '.png'}", mask)  # upper-case extension too
+        expected[name] = i % 3
+    data = build("seg_folder", root, "segmentation", val_fraction=0.25)
+    ys = [int(y.unique()) for _, y in data.val] + [int(y[y != 255].unique()) for _, y in data.train]
+    assert sorted(ys) == sorted(expected.values()) == [0, 0, 1, 2]
+    from vaitrain.data.folders import _pairs
+
+    assert {i.stem: m.name for i, m in _pairs(root)} == {"cat.1": "cat.1.png", "cat.2": "cat.2.png", "cat": "cat.png",
+                                                        "dog": "dog.PNG"}

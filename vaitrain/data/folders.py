@@ -21,7 +21,6 @@ by DataLoader workers each epoch. Bad files raise DataError naming the file.
 from __future__ import annotations
 
 import csv
-import glob
 import io
 import math
 from pathlib import Path
@@ -253,14 +252,26 @@ def _pairs(folder: Path) -> list[tuple[Path, Path]]:
     images_dir, masks_dir = folder / "images", folder / "masks"
     if not images_dir.is_dir() or not masks_dir.is_dir():
         raise DataError(f"{folder} needs images/ and masks/ folders (masks/<image stem>.png per image)")
+    # masks by their path without the extension: "cat.1.png" pairs with "cat.1.png"/".PNG"/".tif", never
+    # with "cat.png" (Path.with_suffix would replace ".1"); the first lossless extension wins
+    masks: dict[str, Path] = {}
+    others: dict[str, Path] = {}
+    mask_images, mask_others = scan_images(masks_dir)
+    for m in mask_images + mask_others:
+        key = str(m.relative_to(masks_dir).with_suffix(""))
+        if m.suffix.lower() in _MASK_EXTS:
+            if key not in masks or _MASK_EXTS.index(m.suffix.lower()) < _MASK_EXTS.index(masks[key].suffix.lower()):
+                masks[key] = m
+        else:
+            others.setdefault(key, m)
     pairs = []
     for img in _images_in(images_dir):
-        rel = img.relative_to(images_dir).with_suffix("")
-        mask = next((masks_dir / rel.with_suffix(e) for e in _MASK_EXTS if (masks_dir / rel.with_suffix(e)).is_file()), None)
+        key = str(img.relative_to(images_dir).with_suffix(""))
+        mask = masks.get(key)
         if mask is None:
-            other = next((p for p in sorted(masks_dir.glob(glob.escape(str(rel)) + ".*")) if p.is_file()), None)
+            other = others.get(key)
             lossy = f" ({other.name} is there, but masks must be lossless: {', '.join(_MASK_EXTS)})" if other else ""
-            raise DataError(f"no mask for image {img}: expected {masks_dir / rel.with_suffix('.png')}{lossy}")
+            raise DataError(f"no mask for image {img}: expected {masks_dir / key}.png{lossy}")
         pairs.append((img, mask))
     return pairs
 
