@@ -471,3 +471,19 @@ def test_image_names_with_dots_pair_with_their_own_masks(tmp_path):
 
     assert {i.stem: m.name for i, m in _pairs(root)} == {"cat.1": "cat.1.png", "cat.2": "cat.2.png", "cat": "cat.png",
                                                         "dog": "dog.PNG"}
+
+
+def test_segmentation_masks_never_replace_the_input_images(tmp_path):
+    out = tmp_path / "runs"
+    seg = ["task=segmentation", "model=unet", "model.base_width=4", "model.depth=2", "data.image_size=16",
+           "data.num_train=16", "data.num_val=8", "trainer.batch_size=8", "trainer.epochs=1", "trainer.progress=none",
+           "trainer.threads=1", "trainer.device=cpu", "trainer.image_every=0", f"out_dir={out}"]
+    assert cli(["train", *seg]).exit_code == 0
+    photos = tmp_path / "photos"
+    png(photos / "a.jpg", rgb(16, 16))
+    cat = png(photos / "cat.png", rgb(16, 16))
+    before = snapshot(photos)
+    # a.jpg's mask would be photos/a.png (new), cat.png's would be photos/cat.png: the input itself
+    refused(cli(["predict", the_run(out), photos, "--out", photos]),
+            rf"^error: --out {photos}: the mask cat.png would replace the input {cat}; choose another --out folder$")
+    assert snapshot(photos) == before

@@ -139,6 +139,8 @@ def predict(run_dir: Path, inputs: Sequence[str], *, checkpoint: str = "best", o
     pre = Preprocess(info, trained.stats, fit)
     result = PredictResult(total=len(paths))
     writer = _SegWriter(out, trained, overlay) if task == "segmentation" else None
+    if writer is not None:
+        writer.check_inputs_kept(paths)
     if progress is not None:
         progress.start("predict", len(paths))
     try:
@@ -287,6 +289,18 @@ class _SegWriter:
             stem = f"{path.stem}_{k}"
         self.used.add(stem)
         return stem
+
+    def check_inputs_kept(self, paths: list[Path]) -> None:
+        """Refuse (before any work) an --out folder where a mask or overlay would replace one of the
+        input images, e.g. `predict RUN photos/ --out photos/` and a photos/cat.png."""
+        inputs = {p.resolve(): p for p in paths}
+        names = _SegWriter(self.out, self.trained, self.overlay)
+        for path in paths:
+            stem = names._stem(path)
+            for target in [self.out / f"{stem}.png"] + ([self.out / f"{stem}.overlay.png"] if self.overlay else []):
+                if target.resolve() in inputs:
+                    raise RunDirError(f"--out {self.out}: the mask {target.name} would replace the input "
+                                      f"{inputs[target.resolve()]}; choose another --out folder")
 
     def write(self, paths: list[Path], raw: torch.Tensor, sizes: list[tuple[int, int]],
               images: list[torch.Tensor]) -> list[dict[str, Any]]:
