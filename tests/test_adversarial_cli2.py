@@ -242,3 +242,16 @@ def test_help_as_a_new_user_asks_for_it(args):
 
 def test_help_for_a_command_that_does_not_exist():
     refused(cli(["help", "trian"]), r"^error: no command 'trian'; the commands are: train, ")
+
+
+def test_more_threads_than_cores_gets_a_hint():
+    """trainer.threads=999 on 2 cores ran ~7x slower than threads=1 without a word."""
+    import os
+
+    from vaitrain.engine.threads import oversubscription_hint
+
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    hint = oversubscription_hint(torch.device("cpu"), usable + 1)
+    assert hint == (f"hint: trainer.threads={usable + 1} is more than the {usable} CPU cores this process may use; "
+                    f"the extra threads only slow it down (trainer.threads={usable} or fewer)")
+    assert oversubscription_hint(torch.device("cpu"), usable) is None

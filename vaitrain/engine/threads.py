@@ -34,10 +34,17 @@ def other_vaitrain_runs() -> int:
 
 
 def oversubscription_hint(device: torch.device, threads_setting: int) -> str | None:
-    """The hint line, or None when the CPU is not the device, threads are set, or the machine is idle."""
-    if device.type != "cpu" or threads_setting:
+    """The hint line, or None when the CPU is not the device, threads are set (to at most the
+    cores), or the machine is idle."""
+    if device.type != "cpu":
         return None
     cores = os.cpu_count() or 1
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    if threads_setting > usable:  # trainer.threads=999: the extra threads only wait for a core
+        return (f"hint: trainer.threads={threads_setting} is more than the {usable} CPU cores this process may use; "
+                f"the extra threads only slow it down (trainer.threads={usable} or fewer)")
+    if threads_setting:
+        return None
     threads = torch.get_num_threads()
     try:
         load = os.getloadavg()[0]
