@@ -487,3 +487,32 @@ def test_segmentation_masks_never_replace_the_input_images(tmp_path):
     refused(cli(["predict", the_run(out), photos, "--out", photos]),
             rf"^error: --out {photos}: the mask cat.png would replace the input {cat}; choose another --out folder$")
     assert snapshot(photos) == before
+
+
+# ----- outputs that would replace a run's own files or a device -----------------------------------
+
+def test_outputs_never_replace_a_runs_own_files(completed, tmp_path):
+    run = Path(shutil.copytree(completed, tmp_path / "run"))
+    before = snapshot(run)
+    photo = png(tmp_path / "p.png", rgb(16, 16))
+    cases = [  # each of these used to overwrite the file named (export's best.pt, the plot's config.yaml)
+        (["export", run, "--format", "torchscript", "--out", run / "checkpoints" / "best.pt"], "checkpoints/best.pt"),
+        (["export", run, "--format", "torchscript", "--out", run / "env"], "env.json"),  # its FILE.json description
+        (["compare-runs", run, "--plot", run / "config.yaml"], "config.yaml"),
+        (["predict", run, photo, "--out", run / "start.json"], "start.json"),
+    ]
+    for args, name in cases:
+        refused(cli(args), rf"^error: --\w+ {run}/\S+ would replace {name} of the run {run}: choose a path outside")
+    assert snapshot(run) == before
+    made = cli(["export", run, "--format", "torchscript", "--out", run / "model.pt"])  # a new file beside them: fine
+    assert made.exit_code == 0 and (run / "model.pt").is_file(), made.output
+
+
+def test_output_that_is_a_pipe_is_not_replaced(completed, tmp_path):
+    # (`export --out /dev/full` as root replaced the device node with a regular file; a FIFO shows
+    # the same without touching the machine)
+    fifo = tmp_path / "model.pt"
+    os.mkfifo(fifo)
+    refused(cli(["export", completed, "--format", "torchscript", "--out", fifo]),
+            rf"^error: --out {fifo} is a device, pipe or socket, not a file: give a file path$")
+    assert fifo.is_fifo() and not (tmp_path / "model.pt.json").exists()

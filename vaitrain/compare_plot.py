@@ -58,6 +58,9 @@ def _train_twin(tag: str) -> str | None:
 
 def plot_runs(runs: Sequence[Run], metrics: Sequence[Metric], path: Path | str) -> Any:
     """One subplot per metric, one line per run; saved as PNG to `path`. Returns the Figure."""
+    from vaitrain.track.rundir import check_output
+
+    check_output("--plot", Path(path))
     try:
         import matplotlib
     except ImportError:

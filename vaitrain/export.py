@@ -72,6 +72,9 @@ def export_run(run_dir: Path, fmt: str, out: Path, *, checkpoint: str = "best", 
         raise ConfigError(f"--out {out}: the folder {out.parent} does not exist")
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; name the file to write, e.g. --out {out / ('model.onnx' if fmt == 'onnx' else 'model.pt')}")
+    from vaitrain.track.rundir import check_output
+
+    check_output("--out", out, out.with_name(out.name + ".json"))  # the file and its description
     trained = load_trained(run_dir, checkpoint, list(overrides), device="cpu")
     info = trained.info
     c, s = int(info["in_channels"]), int(info["image_size"])

@@ -271,6 +271,9 @@ def plot_inspection(result: InspectResult, path: Any = None) -> Any:
 
 def save_png(fig: Any, path: Any) -> None:
     from vaitrain.errors import VaitrainError
+    from vaitrain.track.rundir import check_output
+
+    check_output("--plot", path)
 
     try:
         fig.savefig(str(path), format="png", dpi=100)

@@ -86,6 +86,9 @@ def _check_out(out: Path, fmt: str | None) -> None:
     a folder where a file goes or the reverse, a file on the way, or a folder without write access.
     Missing folders are created when the results are written."""
     folder = fmt == "dir"
+    from vaitrain.track.rundir import check_output
+
+    check_output("--out", out / "predictions.csv" if folder else out)
     if out.exists() and out.is_dir() != folder:
         raise RunDirError(f"--out {out} is a {'file' if folder else 'folder'}: give a "
                           f"{'folder for the mask PNGs' if folder else 'file name such as preds.csv'}")

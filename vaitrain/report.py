@@ -316,6 +316,9 @@ def build_report(paths: Sequence[str | Path], out: Path | str, *, title: str = "
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise VaitrainError(f"--out {out}: the report is an HTML page; name it FILE.html")
+    from vaitrain.track.rundir import check_output
+
+    check_output("--out", out)
     runs, warnings = load_runs(paths)
     comp = compare(runs)
     text = page(title or f"vaitrain report: {len(runs)} run{'s' * (len(runs) != 1)}",

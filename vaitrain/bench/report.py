@@ -44,6 +44,9 @@ def check_out(path: str | Path) -> Path:
     path = Path(path)
     if path.suffix not in (".json", ".csv"):
         raise ConfigError(f"--out {path}: the file must end in .json or .csv")
+    from vaitrain.track.rundir import check_output
+
+    check_output("--out", path)
     return path
 
 

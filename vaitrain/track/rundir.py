@@ -23,6 +23,31 @@ TB_DIR = "tb"
 CKPT_DIR = "checkpoints"
 
 
+# What a run directory (or a sweep or search folder) is made of: an output path a user gives (--out,
+# --plot) never replaces one of these, e.g. `export RUN --out RUN/checkpoints/best.pt`.
+_OWN_FILES = (CONFIG_FILE, OVERRIDES_FILE, ENV_FILE, METRICS_FILE, "start.json", "graphs.json", ".lock",
+              "sweep.json", "search.json", "study.db")
+_OWN_DIRS = (CKPT_DIR, TB_DIR, "logs")
+
+
+def check_output(option: str, *paths: Path) -> None:
+    """RunDirError when any of `paths`, files about to be written (replaced by a rename), is a device,
+    pipe or socket (`--out /dev/full` would replace the device node itself), or is (or, through a
+    link, resolves to) a file of a run, sweep or search folder: its config, records, checkpoints or
+    TensorBoard events. New files beside them (e.g. RUN/model.onnx) are fine."""
+    for out in paths:
+        out = Path(out).expanduser()
+        if out.exists() and not out.is_file() and not out.is_dir():
+            raise RunDirError(f"{option} {out} is a device, pipe or socket, not a file: give a file path")
+        target = out.resolve()
+        for folder in target.parents:
+            rel = target.relative_to(folder)
+            own = rel.parts[0] in _OWN_DIRS if len(rel.parts) > 1 else rel.name in _OWN_FILES
+            if own and (is_run_dir(folder) or (folder / "sweep.json").is_file() or (folder / "search.json").is_file()):
+                raise RunDirError(f"{option} {out} would replace {rel} of the run {folder}: choose a path outside "
+                                  "the run's own files")
+
+
 def check_writable(out_dir: Path) -> None:
     """Fail with one line, before any work, if runs cannot be written under out_dir."""
     out_dir = Path(out_dir)
