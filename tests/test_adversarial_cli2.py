@@ -255,3 +255,14 @@ def test_more_threads_than_cores_gets_a_hint():
     assert hint == (f"hint: trainer.threads={usable + 1} is more than the {usable} CPU cores this process may use; "
                     f"the extra threads only slow it down (trainer.threads={usable} or fewer)")
     assert oversubscription_hint(torch.device("cpu"), usable) is None
+
+
+def test_lab_refused_before_its_first_run_leaves_no_folder(tmp_path):
+    """`vaitrain lab init bogus=1` said so in one line but left runs/<date>/<time>-lab-init/lab.json
+    ('running' for ever); a folder that was there before stays."""
+    out = tmp_path / "runs"
+    refused(cli(["lab", "init", "--size", "tiny", "--out-dir", str(out), "bogus=1"]), r"^error: unknown config key 'bogus'")
+    assert not out.exists()
+    out.mkdir()
+    refused(cli(["lab", "init", "--size", "tiny", "--out-dir", str(out), "bogus=1"]), r"^error: unknown config key 'bogus'")
+    assert list(out.iterdir()) == []

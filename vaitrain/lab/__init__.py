@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from vaitrain.errors import ConfigError, RunDirError
+from vaitrain.errors import ConfigError, RunDirError, VaitrainError
 from vaitrain.lab.base import SIZES, Finding, LabContext, Outcome, Topic
 from vaitrain.lab import inspections as _i
 from vaitrain.lab import training as _t
@@ -91,6 +91,20 @@ def _lab_dir(out_dir: Path, topic: str, resume: Path | None) -> Path:
     return create_unique_dir(Path(out_dir) / now.strftime("%Y-%m-%d"), f"{now.strftime('%H-%M-%S')}-lab-{topic}", "lab")
 
 
+def _remove_if_unused(lab_dir: Path, made: Sequence[Path]) -> None:
+    """A lab refused before its first run (an unknown key in the overrides) leaves no folder: only
+    its lab.json is there then. Folders this call made (out_dir, the date) go too when empty."""
+    if [p.name for p in lab_dir.iterdir()] != [LAB_FILE]:
+        return
+    (lab_dir / LAB_FILE).unlink()
+    lab_dir.rmdir()
+    for folder in reversed(made):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, or gone
+            pass
+
+
 def read_lab(lab_dir: Path | str) -> dict:
     path = Path(lab_dir) / LAB_FILE
     try:
@@ -108,13 +122,19 @@ def run_topic(name: str, *, size: str = "default", out_dir: Path | str = "runs",
     topic = get_topic(name)
     if size not in SIZES:
         raise ConfigError(f"--size {size} is not a valid choice; choose one of: {', '.join(SIZES)}")
+    made = [d for d in (Path(out_dir), Path(out_dir) / _dt.date.today().isoformat()) if not d.exists()]
     lab_dir = _lab_dir(Path(out_dir), name, Path(resume) if resume else None)
     doc = {"topic": name, "claim": topic.claim, "lecture": topic.lecture, "size": size,
            "overrides": list(overrides), "status": "running", "findings": [], "sweeps": []}
     write_text_atomic(lab_dir / LAB_FILE, json.dumps(doc, indent=2) + "\n")
     ctx = LabContext(size, lab_dir, list(overrides), progress)
     t0 = time.perf_counter()
-    outcome = topic.run(ctx)
+    try:
+        outcome = topic.run(ctx)
+    except VaitrainError:
+        if resume is None:
+            _remove_if_unused(lab_dir, made)
+        raise
     seconds = time.perf_counter() - t0
     report = lab_dir / REPORT_FILE
     write_lab_report(topic, outcome, ctx, report, seconds)
