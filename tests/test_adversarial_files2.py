@@ -516,3 +516,16 @@ def test_output_that_is_a_pipe_is_not_replaced(completed, tmp_path):
     refused(cli(["export", completed, "--format", "torchscript", "--out", fifo]),
             rf"^error: --out {fifo} is a device, pipe or socket, not a file: give a file path$")
     assert fifo.is_fifo() and not (tmp_path / "model.pt.json").exists()
+
+
+@pytest.mark.parametrize("data, root, pattern", [
+    ("image_folder", "", r"data.root is empty: point data.root at a folder"),  # it scanned the working folder
+    ("image_folder", "FILE", r"data.root=\S+ is not a folder: point data.root at a folder"),
+    ("csv_regression", "/dev/null", r"data.root=/dev/null is not a folder or a regular file"),  # /dev/zero: read forever
+], ids=["empty", "file", "device"])
+def test_data_root_of_the_wrong_kind(tmp_path, data, root, pattern):
+    if root == "FILE":
+        root = str(tmp_path / "x.png")
+        Path(root).write_bytes(b"x")
+    task = ["task=regression"] if data == "csv_regression" else []
+    train_refused(tmp_path, [*task, f"data={data}", f"data.root={root}"], rf"^error: {pattern}")

@@ -58,10 +58,17 @@ def _subfolders(folder: Path) -> list[str]:
         raise DataError(f"cannot list folder {folder} ({err.strerror or err}): fix its permissions") from None
 
 
-def _root(cfg: Any, what: str, layout: str) -> Path:
+def _root(cfg: Any, what: str, layout: str, file_ok: bool = False) -> Path:
+    """data.root, checked to be a folder (or, with file_ok, a regular file: a device or pipe such as
+    /dev/zero would be read without end)."""
+    if not str(cfg.root).strip():  # Path("") is the working folder: never scanned by accident
+        raise DataError(f"data.root is empty: point data.root at {layout} for data={what}")
     root = Path(str(cfg.root)).expanduser()
     if not root.exists():
         raise DataError(f"data.root={root} does not exist: point data.root at {layout} for data={what}")
+    if not root.is_dir() and not (file_ok and root.is_file()):
+        raise DataError(f"data.root={root} is not a folder{' or a regular file' if file_ok else ''}: point data.root at "
+                        f"{layout} for data={what}")
     return root
 
 
@@ -478,7 +485,8 @@ def _is_float(text: str) -> bool:
 
 @register("csv_regression", ("regression",))
 def build_csv_regression(cfg: Any, task: str) -> Source:
-    root = _root(cfg, "csv_regression", "a CSV file (path,<targets>...) or a folder with train.csv and val.csv")
+    root = _root(cfg, "csv_regression", "a CSV file (path,<targets>...) or a folder with train.csv and val.csv",
+                 file_ok=True)
     columns = [str(c) for c in cfg.target_columns]
     if root.is_dir():
         if not (root / "train.csv").is_file() or not (root / "val.csv").is_file():
