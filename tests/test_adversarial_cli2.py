@@ -266,3 +266,15 @@ def test_lab_refused_before_its_first_run_leaves_no_folder(tmp_path):
     out.mkdir()
     refused(cli(["lab", "init", "--size", "tiny", "--out-dir", str(out), "bogus=1"]), r"^error: unknown config key 'bogus'")
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("override, pattern", [
+    ("optim@x=adam", r"^error: 'optim@x=adam': choosing where a group goes with @ is not supported; write optim=adam$"),
+    ("+optim@x=adam", r"^error: '\+optim@x=adam': choosing where a group goes with @"),  # named a packaged file
+    ("model@_global_=unet", r"^error: 'model@_global_=unet': choosing where .*write model=unet$"),
+    ("data.image_size=${oc.env:HOME}", r"^error: cannot resolve the config: .*could not be converted to Integer$"),
+])
+def test_packages_and_interpolations(tmp_path, override, pattern):
+    """`optim@x=adam` was 'no config key or group', `+optim@x=adam` an unknown key in
+    conf/optim/schema_optim.yaml; an interpolation's type error ended in 'full_key: ... object_type=...'."""
+    train_refused(tmp_path, [override], pattern)

@@ -247,7 +247,7 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     try:
         OmegaConf.resolve(cfg)
     except Exception as err:  # interpolation errors
-        raise ConfigError(f"cannot resolve the config: {_first_line(err)}") from None
+        raise ConfigError(f"cannot resolve the config: {_first_line(err).split(' full_key:')[0]}") from None
     validate(cfg)
     checks.check_root_keys(cfg, RootConfig)
     checks.check_bool_values(parsed, cfg)

@@ -43,6 +43,10 @@ def refuse_unsupported(parsed: Iterable[Any]) -> None:
         if len(key) > MAX_KEY:  # Hydra would look for a config file of that name (an OS error)
             raise ConfigError(f"unknown config key '{key[:40]}...' ({len(key)} characters); "
                               "see `vaitrain config` for the valid keys")
+        if getattr(ov, "package", None) is not None:  # optim@x=adam: Hydra's packages, which no schema knows
+            group = key.split("@")[0]
+            raise ConfigError(f"'{ov.input_line}': choosing where a group goes with @ is not supported; "
+                              f"write {group}={ov.value() if isinstance(ov.value(), str) else '...'}")
         if ov.is_delete():
             raise ConfigError(
                 f"'~{key}': deleting a key or group is not supported (every option is needed); "
