@@ -529,3 +529,33 @@ def test_data_root_of_the_wrong_kind(tmp_path, data, root, pattern):
         Path(root).write_bytes(b"x")
     task = ["task=regression"] if data == "csv_regression" else []
     train_refused(tmp_path, [*task, f"data={data}", f"data.root={root}"], rf"^error: {pattern}")
+
+
+def _deflated(src: Path, dst: Path) -> Path:
+    """src's zip archive rewritten with its tensor data deflated: torch's reader inflates it, so
+    zeros compress ~1000x (a few KB on disk, GBs in memory at a larger scale)."""
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for entry in zin.infolist():
+            packed = zipfile.ZIP_DEFLATED if "/data/" in entry.filename else zipfile.ZIP_STORED
+            zout.writestr(entry, zin.read(entry.filename), compress_type=packed)
+    return dst
+
+
+def test_compressed_torch_archive_is_refused_before_it_inflates(completed, weights, tmp_path):
+    plain = tmp_path / "w.pth"
+    torch.save({k: torch.zeros_like(v) for k, v in weights.items()}, plain)
+    bomb = _deflated(plain, tmp_path / "bomb.pth")
+    assert torch.load(bomb, weights_only=True).keys() == weights.keys()  # torch itself would inflate it
+    train_refused(tmp_path, [f"model.weights={bomb}"],
+                  rf"^error: weights file '{bomb}' has a compressed entry \(\S+/data/\d+\), which torch.save never writes")
+    run = Path(shutil.copytree(completed, tmp_path / "run"))
+    _deflated(completed / "checkpoints" / "best.pt", run / "checkpoints" / "best.pt")
+    refused(cli(["eval", run]), r"^error: checkpoint '\S+best.pt' has a compressed entry")
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "other.pth", "w") as z:
+        z.writestr("hello.txt", "not torch")
+    train_refused(tmp_path, [f"model.weights={tmp_path / 'other.pth'}"],
+                  r"^error: weights file '\S+other.pth' is a zip archive but not a torch file \(no data.pkl in it\)$")

@@ -10,6 +10,25 @@ from pathlib import Path
 from vaitrain.errors import CheckpointError
 
 
+def check_archive(path: Path, what: str = "checkpoint") -> None:
+    """Before torch.load: torch.save writes its zip archive uncompressed, but torch's reader inflates
+    compressed entries too, so a file of a few KB could expand to many GB in memory (a zip bomb).
+    A compressed entry, or an archive without torch's data.pkl, is refused here in one line."""
+    if not zipfile.is_zipfile(path):
+        return  # torch's legacy format or not an archive: torch.load says which
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(f"{what} '{path}' is truncated or corrupt ({err})") from None
+    packed = next((e for e in entries if e.compress_type != zipfile.ZIP_STORED), None)
+    if packed is not None:
+        raise CheckpointError(f"{what} '{path}' has a compressed entry ({packed.filename}), which torch.save never "
+                              "writes; refused (it could expand without bound): use the file as torch wrote it")
+    if not any(e.filename.endswith("data.pkl") for e in entries):
+        raise CheckpointError(f"{what} '{path}' is a zip archive but not a torch file (no data.pkl in it)")
+
+
 def load_error(path: Path, err: Exception, what: str = "checkpoint",
                fix: str = "use the run's other checkpoint (best.pt/last.pt) or start a new run") -> CheckpointError:
     """One line for torch.load's multi-paragraph errors: refused code, or a damaged file. `what`

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from vaitrain.errors import CheckpointError, RunDirError
-from vaitrain.torch_files import load_error
+from vaitrain.torch_files import check_archive, load_error
 from vaitrain.track.files import torch_bytes, write_bytes_atomic
 
 FORMAT = 1
@@ -54,6 +54,7 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
                 f"(vaitrain eval RUN --checkpoint {others[0][:-3]}), or copy it to {path.name} to resume from it"
             )
         raise CheckpointError(f"no checkpoint at '{path}'; was the run started and did it finish an epoch?")
+    check_archive(path)
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error says enough
             warnings.simplefilter("ignore")

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from vaitrain.errors import CheckpointError, ConfigError
-from vaitrain.torch_files import load_error
+from vaitrain.torch_files import check_archive, load_error
 
 # vaitrain model names whose default build has torchvision's layout (and ImageNet weights there)
 TORCHVISION_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "densenet121", "densenet169", "densenet201")
@@ -89,6 +89,7 @@ def resolve_weights_path(spec: str, model_name: str) -> Path:
 def read_state_dict(path: Path) -> dict[str, Tensor]:
     """The tensors of a state_dict file: a plain {name: tensor} dict, or a dict holding one under
     'model' (a vaitrain checkpoint) or 'state_dict'; 'module.' prefixes (DDP) dropped."""
+    check_archive(path, "weights file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
