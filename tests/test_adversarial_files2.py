@@ -559,3 +559,19 @@ def test_compressed_torch_archive_is_refused_before_it_inflates(completed, weigh
         z.writestr("hello.txt", "not torch")
     train_refused(tmp_path, [f"model.weights={tmp_path / 'other.pth'}"],
                   r"^error: weights file '\S+other.pth' is a zip archive but not a torch file \(no data.pkl in it\)$")
+
+
+def test_files_from_other_systems(tmp_path, completed):
+    """A macOS zip's __MACOSX/ is not a class; a CSV written on Windows (img\\0.png) finds its images;
+    a checkpoint from before format numbers says so."""
+    root = tree(tmp_path / "data", splits=("",))
+    (root / "__MACOSX" / "cat").mkdir(parents=True)
+    (root / "__MACOSX" / "cat" / "._0.png").write_bytes(b"\x00\x05\x16\x07")
+    assert build("image_folder", root, "classification").class_names == ["cat", "dog"]
+    text = "path,y\n" + "".join(f"{p.replace('/', chr(92))},{y}\n" for p, y, _ in ROWS)
+    data = build("csv_regression", _csv(tmp_path / "csv", text), "regression", standardize_targets=False,
+                 val_fraction=0.5)
+    assert sorted(float(y) for _, ys in (*data.train, *data.val) for y in ys) == sorted(y for _, y, _ in ROWS)
+    run = Path(shutil.copytree(completed, tmp_path / "run"))
+    _edit_checkpoints(run, lambda s: s.pop("format"))
+    refused(cli(["eval", run]), r"^error: '\S+best.pt' is a checkpoint without a format number \(an older vaitrain")

@@ -53,7 +53,8 @@ def _images_in(folder: Path, skipped: list[Path] | None = None) -> list[Path]:
 
 def _subfolders(folder: Path) -> list[str]:
     try:
-        return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+        return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")
+                      and d.name != "__MACOSX")  # macOS zip extraction leaves it: resource forks, not a class
     except OSError as err:
         raise DataError(f"cannot list folder {folder} ({err.strerror or err}): fix its permissions") from None
 
@@ -439,6 +440,8 @@ def _read_csv(path: Path, target_columns: list[str]) -> tuple[list[Path], torch.
         if len(row) != len(header):  # more is a shifted row (e.g. an unquoted comma in a path)
             raise DataError(f"{path}:{line} has {len(row)} fields, the header has {len(header)}")
         img = (path.parent / row[path_col].strip()).resolve()
+        if not img.exists() and "\\" in row[path_col]:  # a CSV written on Windows: img\0.png
+            img = (path.parent / row[path_col].strip().replace("\\", "/")).resolve()
         if not row[path_col].strip():
             raise DataError(f"{path}:{line}: the path column '{header[path_col]}' is empty: give the image's path")
         if img.is_dir():

@@ -63,6 +63,9 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
         raise load_error(path, err) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state:
         found = state.get("format") if isinstance(state, dict) else None
+        if isinstance(state, dict) and "model" in state and "format" not in state and "epoch" in state:
+            raise CheckpointError(f"'{path}' is a checkpoint without a format number (an older vaitrain, before "
+                                  f"format {FORMAT}): retrain with this vaitrain, or use the version that wrote it")
         if isinstance(found, int) and not isinstance(found, bool) and "model" in state:
             newer = found > FORMAT
             raise CheckpointError(
