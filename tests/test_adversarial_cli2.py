@@ -278,3 +278,12 @@ def test_packages_and_interpolations(tmp_path, override, pattern):
     """`optim@x=adam` was 'no config key or group', `+optim@x=adam` an unknown key in
     conf/optim/schema_optim.yaml; an interpolation's type error ended in 'full_key: ... object_type=...'."""
     train_refused(tmp_path, [override], pattern)
+
+
+def test_refused_out_dir_leaves_no_folders(tmp_path):
+    """out_dir=<new>/<new>/<name too long> was refused in one line, but the two new folders above it
+    stayed behind."""
+    out = tmp_path / "new" / "deeper" / ("y" * 300)
+    refused(cli(["train", *TINY, f"out_dir={out}"]), r"^error: cannot write runs under .*\(File name too long\); "
+                                                       r"choose a writable folder with out_dir=DIR")
+    assert list(tmp_path.iterdir()) == []

@@ -51,12 +51,18 @@ def check_output(option: str, *paths: Path) -> None:
 def check_writable(out_dir: Path) -> None:
     """Fail with one line, before any work, if runs cannot be written under out_dir."""
     out_dir = Path(out_dir)
+    made = [d for d in (out_dir, *out_dir.parents) if not d.exists()]  # deepest first
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         probe = out_dir / f".write-test-{secrets.token_hex(4)}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
+        for folder in made:  # a refused out_dir leaves none of the folders this call made
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
         raise RunDirError(
             f"cannot write runs under '{out_dir}' ({err.strerror or err}); "
             "choose a writable folder with out_dir=DIR"
