@@ -287,3 +287,9 @@ def test_refused_out_dir_leaves_no_folders(tmp_path):
     refused(cli(["train", *TINY, f"out_dir={out}"]), r"^error: cannot write runs under .*\(File name too long\); "
                                                        r"choose a writable folder with out_dir=DIR")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_batch_that_the_processes_cannot_split_is_said_once(tmp_path):
+    """trainer.devices=3 with batch 16 launched 3 processes, each printing the refusal: 3 lines."""
+    train_refused(tmp_path, ["trainer.devices=3"],
+                  r"^error: trainer.batch_size=16 is not divisible by trainer.devices=3: .*use a multiple of 3$")

@@ -212,7 +212,8 @@ def train(
             from vaitrain.engine.device import resolve_device
             from vaitrain.engine.launch import launch
 
-            check_setup(devices, resolve_device(cfg.trainer.device), bool(cfg.trainer.sync_bn))
+            check_setup(devices, resolve_device(cfg.trainer.device), bool(cfg.trainer.sync_bn),
+                        int(cfg.trainer.batch_size))
             # each rank composes the same config from the same command line (and finds RANK set)
             raise typer.Exit(launch(devices, ["train", *given]))
         rank = int(os.environ.get("RANK", "0"))

@@ -57,8 +57,12 @@ def device_for_rank(device: torch.device, ctx: DistContext) -> torch.device:
     return device
 
 
-def check_setup(devices: int, device: torch.device, sync_bn: bool) -> None:
-    """Refuse, before anything starts, a process count or option the machine cannot serve."""
+def check_setup(devices: int, device: torch.device, sync_bn: bool, batch_size: int = 0) -> None:
+    """Refuse, before anything starts, a process count or option the machine cannot serve (and,
+    given the batch size, a global batch the processes cannot split: said once, not by every rank)."""
+    if devices > 1 and batch_size % devices:
+        raise ConfigError(f"trainer.batch_size={batch_size} is not divisible by trainer.devices={devices}: the "
+                          f"global batch is split evenly; use a multiple of {devices}")
     if devices > 1 and device.type == "cuda" and devices > torch.cuda.device_count():
         raise DeviceError(
             f"trainer.devices={devices} but this machine has {torch.cuda.device_count()} GPU(s); "
