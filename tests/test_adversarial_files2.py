@@ -575,3 +575,32 @@ def test_files_from_other_systems(tmp_path, completed):
     run = Path(shutil.copytree(completed, tmp_path / "run"))
     _edit_checkpoints(run, lambda s: s.pop("format"))
     refused(cli(["eval", run]), r"^error: '\S+best.pt' is a checkpoint without a format number \(an older vaitrain")
+
+
+def test_compare_runs_below_a_very_deep_folder(completed, tmp_path):
+    deep = tmp_path
+    for _ in range(1100):  # deeper than Python's recursion limit (made level by level: mkdir(parents) recurses)
+        deep = deep / "d"
+        deep.mkdir()
+    shutil.copytree(completed, deep / "run")
+    shutil.copytree(completed, tmp_path / "a-run")
+    result = cli(["compare-runs", tmp_path, "--format", "csv"])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output[-500:]
+    assert len(result.stdout.strip().splitlines()) == 3  # the header and both runs
+
+
+def test_predict_on_a_folder_skips_hidden_files_names_broken_links_and_goes_deep(completed, tmp_path):
+    photos = tmp_path / "photos"
+    png(photos / "a.png", rgb(16, 16))
+    (photos / "._a.png").write_bytes(b"\x00\x05\x16\x07")  # macOS resource fork: not a photo, left out
+    os.symlink(tmp_path / "gone.png", photos / "b.png")
+    deep = photos
+    for _ in range(1100):  # rglob recursed once per level (RecursionError past ~1000)
+        deep = deep / "d"
+        deep.mkdir()
+    png(deep / "c.png", rgb(16, 16))
+    result = cli(["predict", completed, photos, "--out", tmp_path / "p.csv"])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output[-400:]
+    rows = (tmp_path / "p.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[1].startswith(str(photos / "a.png")) and rows[2].startswith(str(deep / "c.png"))
+    assert "2 of 3 files predicted, 1 skipped" in result.stderr and f"{photos / 'b.png'}" in result.stderr

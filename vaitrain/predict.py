@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from vaitrain.data.augment import normalize, normalizer
-from vaitrain.data.images import SQUASH, Fit, is_image, load_image_sized, parallel_map
+from vaitrain.data.images import SQUASH, Fit, load_image_sized, parallel_map, scan_images
 from vaitrain.errors import ConfigError, DataError, RunDirError, VaitrainError
 
 FORMATS = ("csv", "json")
@@ -50,7 +50,7 @@ def expand_paths(args: Sequence[str]) -> list[Path]:
     for arg in args:
         p = Path(arg).expanduser()
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and is_image(f))
+            found = scan_images(p, broken_ok=True)[0]  # hidden files left out; no recursion limit
             if not found:
                 raise DataError(f"{p} holds no image files ({', '.join(('.png', '.jpg', '.jpeg', '...'))})")
             out += found

@@ -30,11 +30,12 @@ def is_image(path: Path) -> bool:
     return path.suffix.lower() in IMG_EXTENSIONS
 
 
-def scan_images(folder: Path) -> tuple[list[Path], list[Path]]:
+def scan_images(folder: Path, broken_ok: bool = False) -> tuple[list[Path], list[Path]]:
     """The image files under folder, recursively and sorted, and the other files (not images by
     their extension). Hidden files and folders (.DS_Store, AppleDouble ._x.png, .ipynb_checkpoints)
     are left out; linked folders are followed once each (a link loop ends); a folder that cannot be
-    listed or an image name that is a broken link is a DataError, never a silently smaller class."""
+    listed or an image name that is a broken link is a DataError, never a silently smaller class
+    (broken_ok: listed with the images, for a caller that names and skips unreadable files)."""
     images: list[Path] = []
     others: list[Path] = []
     seen: set[tuple[int, int]] = set()
@@ -58,7 +59,7 @@ def scan_images(folder: Path) -> tuple[list[Path], list[Path]]:
                 todo.append(p)
             elif not is_image(p):
                 others.append(p)
-            elif e.is_file():
+            elif e.is_file() or broken_ok:
                 images.append(p)
             else:
                 raise DataError(f"{p} is a broken link or not a regular file: fix or remove it")

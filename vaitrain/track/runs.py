@@ -7,7 +7,7 @@ import bisect
 import glob
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from vaitrain.errors import RunDirError
 from vaitrain.track.metrics_log import read_metrics
@@ -226,17 +226,24 @@ def _has_glob(text: str) -> bool:
 
 
 def _runs_below(folder: Path) -> list[Path]:
-    """Run directories under a folder (a sweep dir, a date dir, runs/), not looking inside runs."""
+    """Run directories under a folder (a sweep dir, a date dir, runs/), not looking inside runs; in
+    sorted order, depth first, without recursion (a tree thousands of folders deep is no crash)."""
+    def children(parent: Path) -> Iterator[Path]:
+        try:
+            return iter(sorted(p for p in parent.iterdir() if p.is_dir() and not p.name.startswith(".")))
+        except OSError:  # unreadable folder: nothing to find there
+            return iter(())
+
     found: list[Path] = []
-    try:
-        children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    except OSError:  # unreadable folder: nothing to find there
-        return found
-    for child in children:
-        if is_run_dir(child):
+    stack = [children(folder)]
+    while stack:
+        child = next(stack[-1], None)
+        if child is None:
+            stack.pop()
+        elif is_run_dir(child):
             found.append(child)
         elif not child.is_symlink():  # no link loops
-            found.extend(_runs_below(child))
+            stack.append(children(child))
     return found
 
 
