@@ -448,7 +448,7 @@ def compare_runs(
     fmt: str = typer.Option("table", "--format", help="table | markdown | csv | json"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the metrics' curves to FILE.png (needs matplotlib: the \\[plot] extra)."),
     serve: bool = typer.Option(False, "--serve", help="Then start TensorBoard on the runs (Ctrl-C stops it)."),
-    port: int = typer.Option(6006, "--port", min=1, max=65535, help="--serve: first port to try."),
+    port: int = typer.Option(6006, "--port", min=0, max=65535, help="--serve: first port to try (0: any free one)."),
     wide: bool = typer.Option(False, "--wide", help="Every column in full, however wide (default: fit the terminal)."),
 ) -> None:
     """Runs side by side: the config keys that differ, best/final metrics, wall time, img/s, params."""
