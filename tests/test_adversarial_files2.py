@@ -577,11 +577,34 @@ def test_files_from_other_systems(tmp_path, completed):
     refused(cli(["eval", run]), r"^error: '\S+best.pt' is a checkpoint without a format number \(an older vaitrain")
 
 
-def test_compare_runs_below_a_very_deep_folder(completed, tmp_path):
-    deep = tmp_path
-    for _ in range(1100):  # deeper than Python's recursion limit (made level by level: mkdir(parents) recurses)
-        deep = deep / "d"
-        deep.mkdir()
+@pytest.fixture
+def deep_folder():
+    """make(top) -> a folder 1100 levels below top (deeper than Python's recursion limit; made level by
+    level, as mkdir(parents=True) recurses), removed level by level afterwards (shutil.rmtree, and so
+    pytest's clean-up of old temp folders, recurses too)."""
+    made: list[Path] = []
+
+    def make(top: Path) -> Path:
+        deep = top
+        for _ in range(1100):
+            deep = deep / "d"
+            deep.mkdir()
+        made.append(top)
+        return deep
+
+    yield make
+    for top in made:
+        levels = [top / "d"]
+        while (levels[-1] / "d").is_dir():
+            levels.append(levels[-1] / "d")
+        for level in reversed(levels):
+            for child in level.iterdir():
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+            level.rmdir()
+
+
+def test_compare_runs_below_a_very_deep_folder(completed, tmp_path, deep_folder):
+    deep = deep_folder(tmp_path)
     shutil.copytree(completed, deep / "run")
     shutil.copytree(completed, tmp_path / "a-run")
     result = cli(["compare-runs", tmp_path, "--format", "csv"])
@@ -589,18 +612,31 @@ def test_compare_runs_below_a_very_deep_folder(completed, tmp_path):
     assert len(result.stdout.strip().splitlines()) == 3  # the header and both runs
 
 
-def test_predict_on_a_folder_skips_hidden_files_names_broken_links_and_goes_deep(completed, tmp_path):
+def test_predict_on_a_folder_skips_hidden_files_names_broken_links_and_goes_deep(completed, tmp_path, deep_folder):
     photos = tmp_path / "photos"
     png(photos / "a.png", rgb(16, 16))
     (photos / "._a.png").write_bytes(b"\x00\x05\x16\x07")  # macOS resource fork: not a photo, left out
     os.symlink(tmp_path / "gone.png", photos / "b.png")
-    deep = photos
-    for _ in range(1100):  # rglob recursed once per level (RecursionError past ~1000)
-        deep = deep / "d"
-        deep.mkdir()
+    deep = deep_folder(photos)  # rglob recursed once per level (RecursionError past ~1000)
     png(deep / "c.png", rgb(16, 16))
     result = cli(["predict", completed, photos, "--out", tmp_path / "p.csv"])
     assert result.exit_code == 0 and "Traceback" not in result.output, result.output[-400:]
     rows = (tmp_path / "p.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[1].startswith(str(photos / "a.png")) and rows[2].startswith(str(deep / "c.png"))
     assert "2 of 3 files predicted, 1 skipped" in result.stderr and f"{photos / 'b.png'}" in result.stderr
+
+
+def test_image_modes_convert_or_are_named(tmp_path):
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., 0] = 200  # red, fully transparent: composited on white, not kept as the hidden red
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "t.png")
+    assert load_image(tmp_path / "t.png", "RGB", 0).unique().tolist() == [255]
+    cmyk = Image.new("CMYK", (4, 4), (0, 255, 255, 0))  # pure red in CMYK
+    cmyk.save(tmp_path / "c.jpg", quality=100)
+    r, g, b = load_image(tmp_path / "c.jpg", "RGB", 0).float().mean((1, 2)).tolist()
+    assert r > 240 and g < 15 and b < 15
+    Image.new("LAB", (4, 4)).save(tmp_path / "lab.tif")
+    from vaitrain.errors import DataError
+
+    with pytest.raises(DataError, match=r"lab.tif is in mode LAB, which cannot be converted to L .*: save it as an RGB"):
+        load_image(tmp_path / "lab.tif", "L", 0)  # (a ValueError traceback before)

@@ -57,7 +57,10 @@ def expand_paths(args: Sequence[str]) -> list[Path]:
         elif p.is_file():
             out.append(p)
         elif any(c in arg for c in "*?["):
-            found = sorted(Path(f) for f in glob.glob(str(p), recursive=True) if Path(f).is_file())
+            try:
+                found = sorted(Path(f) for f in glob.glob(str(p), recursive=True) if Path(f).is_file())
+            except RecursionError:  # glob's ** recurses once per folder level
+                raise DataError(f"{arg} reaches folders too deep for a glob: give the folder itself") from None
             if not found:
                 raise DataError(f"no file matches {arg}")
             out += found

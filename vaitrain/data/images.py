@@ -212,7 +212,11 @@ def _convert(im: Image.Image, mode: str, path: Path | None = None) -> Image.Imag
 
 
 def _to_tensor(im: Image.Image, mode: str, size: int, fit: Fit = SQUASH, path: Path | None = None) -> torch.Tensor:
-    im = _convert(im, mode, path)
+    try:
+        im = _convert(im, mode, path)
+    except (ValueError, OSError) as err:  # e.g. a LAB TIFF: PIL has no conversion to RGB
+        raise DataError(f"image {path} is in mode {im.mode}, which cannot be converted to {mode} ({err}): save it as "
+                        "an RGB or grayscale image") from None
     if size:
         box = fit.box(*im.size)
         if im.size != (size, size) or box != (0.0, 0.0, float(im.size[0]), float(im.size[1])):
