@@ -640,3 +640,19 @@ def test_image_modes_convert_or_are_named(tmp_path):
 
     with pytest.raises(DataError, match=r"lab.tif is in mode LAB, which cannot be converted to L .*: save it as an RGB"):
         load_image(tmp_path / "lab.tif", "L", 0)  # (a ValueError traceback before)
+
+
+def test_eval_and_resume_refuse_data_whose_classes_changed(tmp_path):
+    root = tree(tmp_path / "data", n=4)
+    out = tmp_path / "runs"
+    args = [*TINY, "trainer.epochs=2", "trainer.stop_after=1", *FOLDER, f"data.root={root}", f"out_dir={out}"]
+    assert cli(["train", *args]).exit_code == 0
+    run = the_run(out)
+    assert cli(["eval", run]).exit_code == 0
+    os.rename(root / "train" / "cat", root / "train" / "ant")  # same count, every label shifted: ant=0, cat gone
+    os.rename(root / "val" / "cat", root / "val" / "ant")
+    before = snapshot(run)
+    for args in (["eval", run], ["train", f"resume={run}"]):
+        refused(cli(args), r"^error: the data's classes differ from those '\S+' was trained with \(2 then, 2 now; "
+                           r"class 0 was 'cat', now 'ant'\): the labels would not mean what the model learnt")
+    assert snapshot(run) == before

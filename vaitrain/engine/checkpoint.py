@@ -154,6 +154,27 @@ def check_compatible(path: Path, state: dict[str, Any], model: nn.Module, model_
         raise CheckpointError(f"checkpoint '{path}' does not fit this model: " + "; ".join(parts))
 
 
+def check_same_data(path: Path, state: dict[str, Any], data: Any) -> None:
+    """The classes (or regression targets) of the data built now must be those the checkpoint was
+    trained with: a class folder added, removed or renamed since shifts every label, and eval or a
+    resume would go on silently with labels that no longer mean what the model learnt."""
+    info = state.get("data_info") or {}
+    if getattr(data, "task", "") == "segmentation":  # generic names (class1, ...): the model's shape tells
+        return
+    for key, now in (("class_names", list(data.class_names)), ("target_names", list(data.target_names))):
+        then = info.get(key)
+        if then is None or list(then) == now:
+            continue
+        k = next((i for i, (a, b) in enumerate(zip(then, now)) if a != b), min(len(then), len(now)))
+        was = f"'{then[k]}'" if k < len(then) else "absent"
+        is_now = f"'{now[k]}'" if k < len(now) else "absent"
+        what = "class" if key == "class_names" else "target"
+        raise CheckpointError(
+            f"the data's {what}es differ from those '{path}' was trained with ({len(then)} then, {len(now)} now; "
+            f"{what} {k} was {was}, now {is_now}): the labels would not mean what the model learnt; restore the "
+            "data as it was, or train a new run")
+
+
 def _few(keys: list[str], n: int = 3) -> str:
     shown = ", ".join(keys[:n])
     return shown + (f" and {len(keys) - n} more" if len(keys) > n else "")

@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig
 
 from vaitrain.config import compose
-from vaitrain.engine.checkpoint import check_compatible, check_task, load_checkpoint
+from vaitrain.engine.checkpoint import check_compatible, check_same_data, check_task, load_checkpoint
 from vaitrain.engine.components import build_components
 from vaitrain.engine.device import autocast, resolve_device, resolve_precision
 from vaitrain.errors import CheckpointError, ConfigError, RunDirError
@@ -126,6 +126,7 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", overrides: list[str] =
     device = resolve_device(cfg.trainer.device)
     precision = resolve_precision(cfg.trainer.precision, device)
     c = build_components(cfg, device, stats=state.get("data_stats"), test=split == "test")
+    check_same_data(path, state, c.data)
     check_compatible(path, state, c.model, cfg.model.name, cfg.task.name)
     c.model.load_state_dict(state["model"])
     if cfg.trainer.channels_last:
