@@ -656,3 +656,8 @@ def test_eval_and_resume_refuse_data_whose_classes_changed(tmp_path):
         refused(cli(args), r"^error: the data's classes differ from those '\S+' was trained with \(2 then, 2 now; "
                            r"class 0 was 'cat', now 'ant'\): the labels would not mean what the model learnt")
     assert snapshot(run) == before
+
+
+def test_weights_given_as_a_folder(tmp_path):
+    train_refused(tmp_path, [f"model.weights={tmp_path}"],
+                  rf"^error: model.weights={tmp_path} is a folder: give the state_dict file in it")

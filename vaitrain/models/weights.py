@@ -80,6 +80,9 @@ def resolve_weights_path(spec: str, model_name: str) -> Path:
     if spec == "imagenet":
         return imagenet_file(model_name)
     path = Path(spec).expanduser()
+    if path.is_dir():
+        raise CheckpointError(f"model.weights={spec} is a folder: give the state_dict file in it (a .pth file), or "
+                              "init_from=RUN_DIR for a vaitrain run")
     if not path.is_file():
         raise CheckpointError(f"model.weights={spec}: no such file; give a state_dict .pth file (e.g. torchvision's "
                               "resnet18-f37072fd.pth) or model.weights=imagenet")
