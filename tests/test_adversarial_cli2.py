@@ -293,3 +293,21 @@ def test_batch_that_the_processes_cannot_split_is_said_once(tmp_path):
     """trainer.devices=3 with batch 16 launched 3 processes, each printing the refusal: 3 lines."""
     train_refused(tmp_path, ["trainer.devices=3"],
                   r"^error: trainer.batch_size=16 is not divisible by trainer.devices=3: .*use a multiple of 3$")
+
+
+def test_sweep_stopped_by_sigterm_exits_143(tmp_path, monkeypatch):
+    """A single run stopped by SIGTERM exits 128+15; a sweep whose job it stopped exited 130 as for Ctrl-C."""
+    import types
+
+    import vaitrain.engine
+
+    calls = []
+
+    def stopped(cfg, overrides, **kw):  # the job's loop saw SIGTERM and stopped after a checkpoint
+        calls.append(overrides)
+        return types.SimpleNamespace(status="stopped", signal=15, run_dir=None)
+
+    monkeypatch.setattr(vaitrain.engine, "train", stopped)
+    result = cli(["train", "-m", *TINY, "seed=1,2", f"out_dir={tmp_path}"])
+    assert result.exit_code == 143, result.output
+    assert len(calls) == 1 and "continue with: vaitrain train -m resume=" in result.stderr

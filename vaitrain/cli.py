@@ -264,8 +264,8 @@ def sweep_main(overrides: list[str]) -> None:
         typer.echo(f"job{job.index:02d} ({' '.join(job.overrides)}) failed: {job.error}", err=True)
     if result.interrupted or failed:
         typer.echo(f"continue with: vaitrain train -m resume={result.sweep_dir}", err=True)
-    if result.interrupted:
-        raise typer.Exit(130)
+    if result.interrupted:  # 128 + the signal, as a single run exits (130 for Ctrl-C, 143 for SIGTERM)
+        raise typer.Exit(128 + (result.signal or 2))
     if failed:
         raise typer.Exit(1)
 

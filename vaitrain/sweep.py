@@ -47,6 +47,7 @@ class SweepResult:
     overrides: list[str]
     jobs: list[SweepJob] = field(default_factory=list)
     interrupted: bool = False  # Ctrl-C stopped a job; the jobs after it did not run
+    signal: int = 0  # the signal that stopped it (SIGINT 2, SIGTERM 15), when known
 
     @property
     def run_dirs(self) -> list[Path]:
@@ -247,6 +248,7 @@ def _run_in_process(result: SweepResult, started: str, work: list[tuple[SweepJob
             job.run_dir = _relative(getattr(run, "run_dir", None), sweep_dir) or _found(sweep_dir, tag)
             if getattr(run, "signal", 0):  # Ctrl-C/SIGTERM stopped this job: stop the sweep too
                 _stop_after(result, job)
+                result.signal = int(run.signal)
         job.seconds, job.ended_at = round(time.perf_counter() - t0, 3), time.time()
         _write(result, started)
         if progress and job.status == "failed":
@@ -295,7 +297,7 @@ def _run_in_processes(result: SweepResult, started: str, work: list[tuple[SweepJ
 
     signum = run_jobs(launcher, next_job, on_start, on_done)
     if signum:
-        result.interrupted = True
+        result.interrupted, result.signal = True, int(signum)
         for job, _ in queue:
             job.status = "interrupted"
         _write(result, started)
