@@ -192,7 +192,9 @@ def test_spreadsheet_csv_variants_read_the_same_targets(tmp_path, header, sep, n
      r"data.csv:2: column 'y' value '0,0' is not a number \(write decimals with a point\)"),
     ("path,y\n" + "".join(f"{p},{y}\n" for p, y, _ in ROWS) + ",4\n", r"data.csv:8: the path column 'path' is empty"),
     ("path,y\n" + "".join(f"{p},{y}\n" for p, y, _ in ROWS) + "img,4\n", r"data.csv:8: the path column 'path' names a folder"),
-], ids=["no_header", "duplicate_column", "extra_field", "float32_overflow", "decimal_comma", "empty_path", "folder_path"])
+    ("path,y\nimg/\x00.png,1\n" + "".join(f"{p},{y}\n" for p, y, _ in ROWS), r"data.csv holds NUL bytes \(a binary file, not a CSV\)"),
+], ids=["no_header", "duplicate_column", "extra_field", "float32_overflow", "decimal_comma", "empty_path", "folder_path",
+        "nul_byte"])
 def test_bad_csv_is_one_line(tmp_path, text, pattern):
     path = _csv(tmp_path, text)
     train_refused(tmp_path, ["task=regression", "data=csv_regression", f"data.root={path}", "trainer.batch_size=2"],

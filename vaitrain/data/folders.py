@@ -408,6 +408,8 @@ def _read_csv(path: Path, target_columns: list[str]) -> tuple[list[Path], torch.
     try:  # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name
         with open(path, newline="", encoding="utf-8-sig") as f:
             text = f.read()
+        if "\x00" in text:  # binary: Python's csv reads NUL bytes into fields, and a path with one fails late
+            raise DataError(f"{path} holds NUL bytes (a binary file, not a CSV): save it as UTF-8 text")
         rows = list(csv.reader(io.StringIO(text), delimiter=_delimiter(text)))
     except UnicodeDecodeError as err:
         raise DataError(f"cannot read CSV {path}: not UTF-8 text ({err.reason} at byte {err.start}): save it as UTF-8") from None
