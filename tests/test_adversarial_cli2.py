@@ -311,3 +311,12 @@ def test_sweep_stopped_by_sigterm_exits_143(tmp_path, monkeypatch):
     result = cli(["train", "-m", *TINY, "seed=1,2", f"out_dir={tmp_path}"])
     assert result.exit_code == 143, result.output
     assert len(calls) == 1 and "continue with: vaitrain train -m resume=" in result.stderr
+
+
+def test_freezing_a_random_backbone_is_said(tmp_path):
+    """model.freeze=backbone without weights trained the final layer over random features silently."""
+    result = cli(["train", *TINY, "trainer.epochs=1", "trainer.progress=plain", "model.freeze=backbone",
+                  f"out_dir={tmp_path}"])
+    assert result.exit_code == 0, result.output
+    assert ("note: model.freeze=backbone without model.weights or init_from: the backbone keeps its random "
+            "initialization and only the final layer trains") in result.output

@@ -254,6 +254,10 @@ class Trainer:
             progress.line(hint)
         for note in self.parts.data.notes:
             progress.line(note)
+        if (str(self.cfg.model.get("freeze", "none")) == "backbone" and self.resume_state is None
+                and not str(self.cfg.model.get("weights") or "") and not self.cfg.get("init_from")):
+            progress.line("note: model.freeze=backbone without model.weights or init_from: the backbone keeps its "
+                          "random initialization and only the final layer trains")
 
     def _validate(self) -> dict[str, float]:
         """The epoch's validation metrics (val/*, and val_ema/* with trainer.ema)."""
