@@ -663,3 +663,20 @@ def test_eval_and_resume_refuse_data_whose_classes_changed(tmp_path):
 def test_weights_given_as_a_folder(tmp_path):
     train_refused(tmp_path, [f"model.weights={tmp_path}"],
                   rf"^error: model.weights={tmp_path} is a folder: give the state_dict file in it")
+
+
+@pytest.mark.parametrize("job, pattern", [
+    ({"run_dir": "../outside"}, r"job 0's run_dir \.\./outside is outside the sweep folder"),
+    ({"run_dir": 5}, r"job 0 is not as vaitrain writes it"),
+    ({"overrides": "optim=adam"}, r"job 0 is not as vaitrain writes it"),
+], ids=["run_dir_outside", "run_dir_number", "overrides_text"])
+def test_sweep_file_pointing_outside_its_folder(completed, tmp_path, job, pattern):
+    outside = Path(shutil.copytree(completed, tmp_path / "outside"))
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    entry = {"index": 0, "overrides": [*TINY, "trainer.epochs=3"], "status": "stopped", "run_dir": None, **job}
+    (sweep / "sweep.json").write_text(json.dumps({"overrides": [], "started": "", "jobs": [entry]}))
+    before = snapshot(outside)
+    # (the first resumed, and so wrote into, a run outside the sweep; the others were TypeErrors)
+    refused(cli(["train", "-m", f"resume={sweep}"]), rf"^error: cannot read {sweep}/sweep.json \({pattern}\)")
+    assert snapshot(outside) == before

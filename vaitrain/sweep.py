@@ -131,6 +131,12 @@ def plan_resume(sweep_dir: Path, extra: Sequence[str]) -> tuple[SweepResult, str
     try:
         doc = json.loads((sweep_dir / SWEEP_FILE).read_text())
         jobs = [SweepJob(**j) for j in doc["jobs"]]
+        for job in jobs:  # as vaitrain writes them: overrides as text, a run_dir inside the sweep folder
+            if not isinstance(job.overrides, list) or not all(isinstance(o, str) for o in job.overrides) \
+                    or not isinstance(job.status, str) or not isinstance(job.run_dir, (str, type(None))):
+                raise ValueError(f"job {job.index} is not as vaitrain writes it")
+            if job.run_dir and not (sweep_dir / job.run_dir).resolve().is_relative_to(sweep_dir.resolve()):
+                raise ValueError(f"job {job.index}'s run_dir {job.run_dir} is outside the sweep folder")
     except (OSError, ValueError, TypeError, KeyError) as err:
         raise RunDirError(f"cannot read {sweep_dir / SWEEP_FILE} ({err}); is it a vaitrain sweep folder?") from None
     result = SweepResult(sweep_dir, list(doc.get("overrides", [])), jobs)
