@@ -320,3 +320,13 @@ def test_freezing_a_random_backbone_is_said(tmp_path):
     assert result.exit_code == 0, result.output
     assert ("note: model.freeze=backbone without model.weights or init_from: the backbone keeps its random "
             "initialization and only the final layer trains") in result.output
+
+
+@pytest.mark.parametrize("fmt, name, pattern", [
+    ("torchscript", "model.onnx", r"^error: --out .*model.onnx names a ONNX file but --format is torchscript: name it model.pt"),
+    ("onnx", "model.pt", r"^error: --out .*model.pt names a TorchScript file but --format is onnx: name it model.onnx"),
+])
+def test_export_to_the_other_formats_file_name(trained, tmp_path, fmt, name, pattern):
+    """--format torchscript --out model.onnx wrote a TorchScript archive named .onnx, exit 0."""
+    refused(cli(["export", str(trained), "--format", fmt, "--out", str(tmp_path / name)]), pattern)
+    assert list(tmp_path.iterdir()) == []

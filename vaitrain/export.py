@@ -70,6 +70,10 @@ def export_run(run_dir: Path, fmt: str, out: Path, *, checkpoint: str = "best", 
     out = Path(out)
     if not out.parent.is_dir():
         raise ConfigError(f"--out {out}: the folder {out.parent} does not exist")
+    other = {"onnx": (".pt", ".pth", ".ts", ".jit"), "torchscript": (".onnx",)}[fmt]
+    if out.suffix.lower() in other:  # a TorchScript archive named .onnx would fail in any ONNX runtime
+        raise ConfigError(f"--out {out} names a {'TorchScript' if fmt == 'onnx' else 'ONNX'} file but --format is {fmt}: "
+                          f"name it {out.with_suffix('.onnx' if fmt == 'onnx' else '.pt').name}, or give the other --format")
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; name the file to write, e.g. --out {out / ('model.onnx' if fmt == 'onnx' else 'model.pt')}")
     from vaitrain.track.rundir import check_output
