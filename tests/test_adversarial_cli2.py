@@ -330,3 +330,12 @@ def test_export_to_the_other_formats_file_name(trained, tmp_path, fmt, name, pat
     """--format torchscript --out model.onnx wrote a TorchScript archive named .onnx, exit 0."""
     refused(cli(["export", str(trained), "--format", fmt, "--out", str(tmp_path / name)]), pattern)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["compare-runs", "inspect"])
+def test_plot_named_other_than_png(trained, tmp_path, command):
+    """--plot curves.txt wrote a PNG into a .txt file (compare-runs after printing its table)."""
+    args = [str(trained)] if command == "compare-runs" else [*TINY]
+    result = cli([command, *args, "--plot", str(tmp_path / "curves.txt")])
+    refused(result, r"^error: --plot .*curves.txt: the plot is a PNG image; name it curves.png$")
+    assert result.stdout == "" and list(tmp_path.iterdir()) == []

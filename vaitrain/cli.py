@@ -123,6 +123,18 @@ def help_(ctx: typer.Context, command: Optional[str] = typer.Argument(None, help
         typer.echo(text)
 
 
+def _png_only(plot: Optional[Path]) -> None:
+    """--plot writes a PNG: a file named otherwise (plot.pdf, plot.txt) is refused before the work
+    (after the check that it is none of a run's own files, which says more)."""
+    if plot is None:
+        return
+    from vaitrain.track.rundir import check_output
+
+    check_output("--plot", plot)  # a RunDirError: one_line_errors prints it
+    if plot.suffix.lower() != ".png":
+        fail(f"--plot {plot}: the plot is a PNG image; name it {plot.with_suffix('.png').name}")
+
+
 def fail(message: str, code: int = 2) -> None:
     typer.echo(f"error: {one_line(message)}", err=True)
     raise typer.Exit(code)
@@ -394,6 +406,7 @@ def inspect(
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw variance and gradient by depth to FILE.png (needs vaitrain[plot])."),
 ) -> None:
     """At initialization (norm=none unless given): each layer's activation variance and gradient norm for one batch."""
+    _png_only(plot)
     from vaitrain import inspect_init
 
     result = inspect_init.inspect_jobs(list(overrides or []))
@@ -452,6 +465,7 @@ def compare_runs(
     wide: bool = typer.Option(False, "--wide", help="Every column in full, however wide (default: fit the terminal)."),
 ) -> None:
     """Runs side by side: the config keys that differ, best/final metrics, wall time, img/s, params."""
+    _png_only(plot)
     from vaitrain import compare as cmp
 
     result = cmp.compare_paths(paths, list(metric or []), sort)
