@@ -132,9 +132,13 @@ def _header_mode(path: Path) -> str:
 
 def dataset_mode(paths: Sequence[Path]) -> str:
     """'RGB' when any of the files is in colour, else 'L': one grayscale file listed first must not
-    turn a colour dataset gray (headers only; the pixels are decoded later anyway)."""
-    modes = parallel_map(lambda i: _header_mode(paths[i]), len(paths))
-    return "RGB" if "RGB" in modes else "L"
+    turn a colour dataset gray. Headers only, in chunks that stop at the first colour file: a colour
+    dataset costs one header read, a grayscale one a read of each (~0.1 ms a file)."""
+    for start in range(0, len(paths), 256):
+        chunk = paths[start:start + 256]
+        if "RGB" in parallel_map(lambda i: _header_mode(chunk[i]), len(chunk)):
+            return "RGB"
+    return "L"
 
 
 def _gray_palette(im: Image.Image) -> bool:
