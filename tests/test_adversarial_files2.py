@@ -406,9 +406,10 @@ def _first_param_state(state: dict) -> dict:
     (lambda s: s.update(model=[1, 2]), r"'model' is not a dict of tensors"),
     (lambda s: s.update(epoch="x"), r"'epoch' is 'x', not a count"),
     (lambda s: s.update(data_stats={"mean": "x"}), r"'data_stats' is not a dict of tensors"),
+    (lambda s: s["data_stats"].update(std=torch.zeros_like(s["data_stats"]["std"])), r"data_stats 'std' is not positive"),
     (lambda s: s["data_info"].update(num_classes="6"), r"data_info 'num_classes' is '6', not a count"),
     (lambda s: s.update(optimizer={"state": 5}), r"'optimizer' lacks torch's state and param_groups"),
-], ids=["model", "epoch", "data_stats", "data_info", "optimizer"])
+], ids=["model", "epoch", "data_stats", "zero_std", "data_info", "optimizer"])
 def test_checkpoint_fields_of_the_wrong_type(completed, tmp_path, change, pattern):
     run = Path(shutil.copytree(completed, tmp_path / "run"))
     _edit_checkpoints(run, change)

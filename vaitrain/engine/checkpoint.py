@@ -97,6 +97,11 @@ def _odd_field(state: dict[str, Any]) -> str | None:
         return "'model' is not a dict of tensors"
     if "data_stats" in state and not tensors(state["data_stats"]):
         return "'data_stats' is not a dict of tensors"
+    for key, value in (state.get("data_stats") or {}).items():  # NaN here: every prediction NaN, silently
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return f"data_stats '{key}' holds NaN or inf"
+        if key.endswith("std") and value.is_floating_point() and not bool((value > 0).all()):
+            return f"data_stats '{key}' is not positive"
     for key in _INT_FIELDS:
         if key in state and (not isinstance(state[key], int) or isinstance(state[key], bool) or state[key] < 0):
             return f"'{key}' is {state[key]!r}, not a count"
