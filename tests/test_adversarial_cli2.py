@@ -339,3 +339,12 @@ def test_plot_named_other_than_png(trained, tmp_path, command):
     result = cli([command, *args, "--plot", str(tmp_path / "curves.txt")])
     refused(result, r"^error: --plot .*curves.txt: the plot is a PNG image; name it curves.png$")
     assert result.stdout == "" and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("value, pattern", [
+    ("[file:///nonexistent/conf]", r"^error: hydra.searchpath: /nonexistent/conf is not a folder; write "),
+    ("[pkg://os]", r"^error: hydra.searchpath: 'pkg://os' is not a folder of config files"),
+])
+def test_searchpath_that_is_no_folder(tmp_path, value, pattern):
+    """Hydra only warned (a 2-line UserWarning) and went on: the user's recipes were then 'not a valid choice'."""
+    train_refused(tmp_path, [f"hydra.searchpath={value}"], pattern)

@@ -54,6 +54,7 @@ def refuse_unsupported(parsed: Iterable[Any]) -> None:
             )
         if re.split(r"[./]", key)[0] == "hydra":  # hydra.run.dir=..., hydra/launcher=...
             if key == SEARCHPATH:
+                _check_searchpath(ov)
                 continue
             instead = next((v for k, v in HYDRA_EQUIVALENTS.items() if key == k or key.startswith(k + ".")), None)
             if instead:
@@ -62,6 +63,23 @@ def refuse_unsupported(parsed: Iterable[Any]) -> None:
                 f"'{key}' is a Hydra setting vaitrain does not use (only {SEARCHPATH}=[file:///dir] for your own "
                 "config files); remove it"
             )
+
+
+def _check_searchpath(ov: Any) -> None:
+    """Each entry of hydra.searchpath is file://<a folder that exists> (Hydra only warned, in two
+    lines, about a missing one, and the files in it were then 'not a valid choice')."""
+    value = ov.value()
+    if ov.is_delete() or not isinstance(value, (list, tuple)):
+        return  # Hydra's own 'must be a list' is one line already
+    for entry in value:
+        text = str(entry)
+        folder = Path(text[len("file://"):]) if text.startswith("file://") else None
+        if folder is None:
+            raise ConfigError(f"{SEARCHPATH}: '{text}' is not a folder of config files; write "
+                              f"{SEARCHPATH}=[file:///absolute/path/to/folder]")
+        if not folder.is_dir():
+            raise ConfigError(f"{SEARCHPATH}: {folder} is not a folder; write {SEARCHPATH}=[file:///absolute/path] "
+                              "to a folder holding <group>/<option>.yaml files")
 
 
 def search_dirs(parsed: Iterable[Any]) -> list[Path]:
