@@ -404,12 +404,13 @@ def _first_param_state(state: dict) -> dict:
 
 @pytest.mark.parametrize("change, pattern", [
     (lambda s: s.update(model=[1, 2]), r"'model' is not a dict of tensors"),
+    (lambda s: s["model"]["fc.bias"].fill_(float("nan")), r"the model's fc.bias holds NaN or inf"),
     (lambda s: s.update(epoch="x"), r"'epoch' is 'x', not a count"),
     (lambda s: s.update(data_stats={"mean": "x"}), r"'data_stats' is not a dict of tensors"),
     (lambda s: s["data_stats"].update(std=torch.zeros_like(s["data_stats"]["std"])), r"data_stats 'std' is not positive"),
     (lambda s: s["data_info"].update(num_classes="6"), r"data_info 'num_classes' is '6', not a count"),
     (lambda s: s.update(optimizer={"state": 5}), r"'optimizer' lacks torch's state and param_groups"),
-], ids=["model", "epoch", "data_stats", "zero_std", "data_info", "optimizer"])
+], ids=["model", "nan_weight", "epoch", "data_stats", "zero_std", "data_info", "optimizer"])
 def test_checkpoint_fields_of_the_wrong_type(completed, tmp_path, change, pattern):
     run = Path(shutil.copytree(completed, tmp_path / "run"))
     _edit_checkpoints(run, change)

@@ -95,6 +95,9 @@ def _odd_field(state: dict[str, Any]) -> str | None:
 
     if not tensors(state["model"]) or not state["model"]:
         return "'model' is not a dict of tensors"
+    odd = next((k for k, v in state["model"].items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if odd is not None:  # (training stops at a non-finite loss before saving: this file was changed)
+        return f"the model's {odd} holds NaN or inf"
     if "data_stats" in state and not tensors(state["data_stats"]):
         return "'data_stats' is not a dict of tensors"
     for key, value in (state.get("data_stats") or {}).items():  # NaN here: every prediction NaN, silently
