@@ -682,3 +682,16 @@ def test_sweep_file_pointing_outside_its_folder(completed, tmp_path, job, patter
     # (the first resumed, and so wrote into, a run outside the sweep; the others were TypeErrors)
     refused(cli(["train", "-m", f"resume={sweep}"]), rf"^error: cannot read {sweep}/sweep.json \({pattern}\)")
     assert snapshot(outside) == before
+
+
+def test_control_characters_from_files_never_reach_the_terminal(completed, tmp_path):
+    root = tree(tmp_path / "data")
+    png(root / "train" / "new\nline" / "0.png", rgb())
+    train_refused(tmp_path, [*FOLDER, f"data.root={root}"],
+                  r"^error: class folder '\S+/train/new\\nline' has a control character in its name: rename it$")
+    run = Path(shutil.copytree(completed, tmp_path / "run"))
+    text = (run / "config.yaml").read_text().replace("name: resnet20", 'name: "resnet20\\e]0;pwned\\a\\e[2J"', 1)
+    (run / "config.yaml").write_text(text)  # a title-setting and a screen-clearing terminal escape
+    result = cli(["compare-runs", completed, run, "--wide"])
+    assert result.exit_code == 0 and "\x1b" not in result.output and "\x07" not in result.output, result.output
+    assert "resnet20\\x1b]0;pwned" in result.output

@@ -140,6 +140,9 @@ def _scan_classes(folder: Path, classes: list[str] | None, skipped: list[Path] |
     """Images and labels of folder/<class>/; classes=None: the training folder, which names the
     classes (each must hold an image: an empty one would be a class the model never sees)."""
     found = _subfolders(folder)
+    odd = next((c for c in found if not c.isprintable()), None)
+    if odd is not None:  # a newline or a terminal escape would travel into every table and CSV of names
+        raise DataError(f"class folder {str(folder / odd)!r} has a control character in its name: rename it")
     training = classes is None
     if classes is None:
         classes = found
@@ -421,6 +424,9 @@ def _read_csv(path: Path, target_columns: list[str]) -> tuple[list[Path], torch.
     header = [h.strip() for h in rows[0]]
     lower = [h.lower() for h in header]
     path_col = next((lower.index(c) for c in _PATH_COLUMNS if c in lower), 0)
+    odd = next((h for h in header if not h.isprintable()), None)
+    if odd is not None:
+        raise DataError(f"{path}: the column name {odd!r} has a control character: rename it")
     twice = next((h for h in header if header.count(h) > 1), None)
     if twice is not None:
         raise DataError(f"{path} has two columns named '{twice}': give each column its own name")

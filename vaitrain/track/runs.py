@@ -52,6 +52,15 @@ def config_from_yaml(text: str, where: str) -> Any:
         raise RunDirError(f"cannot read '{where}': {first}") from None
 
 
+def printable(value: Any) -> Any:
+    """Text from a run's files shown escaped where it is not printable: a config value holding
+    terminal escapes (ESC ] 0; ... sets the window title, ESC [2J clears it) must not reach the
+    terminal through compare-runs. Other values are returned as they are."""
+    if not isinstance(value, str) or value.isprintable():
+        return value
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in value)
+
+
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     """Nested dicts to {'a.b.c': value}; lists stay values."""
     if not isinstance(tree, dict):
@@ -86,7 +95,7 @@ class Run:
 
     @property
     def name(self) -> str:
-        return self.path.name
+        return printable(self.path.name)
 
     @property
     def task(self) -> str | None:
@@ -195,7 +204,7 @@ def load_run(path: Path | str) -> Run:
     except (OSError, UnicodeDecodeError) as err:
         raise RunDirError(f"cannot read '{path / CONFIG_FILE}': {err}") from None
     config = config_from_yaml(text, str(path / CONFIG_FILE))
-    flat = flatten(config if isinstance(config, dict) else {})
+    flat = {printable(k): printable(v) for k, v in flatten(config if isinstance(config, dict) else {}).items()}
     js = _read_jsonl(path / METRICS_FILE)
     series = js.series
     for tag, tb in _read_tb(path / TB_DIR).items():
