@@ -695,3 +695,12 @@ def test_control_characters_from_files_never_reach_the_terminal(completed, tmp_p
     result = cli(["compare-runs", completed, run, "--wide"])
     assert result.exit_code == 0 and "\x1b" not in result.output and "\x07" not in result.output, result.output
     assert "resnet20\\x1b]0;pwned" in result.output
+
+
+def test_predict_names_a_skipped_file_with_escapes_escaped(completed, tmp_path):
+    good = png(tmp_path / "a.png", rgb(16, 16))
+    odd = tmp_path / "b\x1b[2J.png"
+    odd.write_bytes(b"not an image")
+    result = cli(["predict", completed, good, odd, "--out", tmp_path / "p.csv"])
+    assert result.exit_code == 0 and "\x1b" not in result.stderr, result.stderr
+    assert "b\\x1b[2J.png" in result.stderr and "1 skipped" in result.stderr

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from vaitrain.data.augment import normalize, normalizer
 from vaitrain.data.images import SQUASH, Fit, load_image_sized, parallel_map, scan_images
 from vaitrain.errors import ConfigError, DataError, RunDirError, VaitrainError
+from vaitrain.track.runs import printable
 
 FORMATS = ("csv", "json")
 
@@ -154,7 +155,7 @@ def predict(run_dir: Path, inputs: Sequence[str], *, checkpoint: str = "best", o
             chunk = paths[start:start + batch_size]
             decoded = parallel_map(lambda i: _try(pre.uint8, chunk[i]), len(chunk))
             good = [(p, d) for p, d in zip(chunk, decoded) if not isinstance(d, str)]
-            result.errors += [f"{p}: {d}" for p, d in zip(chunk, decoded) if isinstance(d, str)]
+            result.errors += [printable(f"{p}: {d}") for p, d in zip(chunk, decoded) if isinstance(d, str)]
             if good:
                 x = pre.batch([d[0] for _, d in good]).to(trained.device)
                 with torch.no_grad():
