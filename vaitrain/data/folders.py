@@ -192,7 +192,7 @@ def build_image_folder(cfg: Any, task: str) -> Source:
         tr_paths, tr_labels, classes = _scan_classes(root / "train", None, skipped)
         where = root / "train"
         if val_dir is not None:
-            va_paths, va_labels, _ = _scan_classes(val_dir, classes)
+            va_paths, va_labels, _ = _scan_classes(val_dir, classes, skipped)
         elif tr_paths:  # train/ + test/: validation is carved from train/, test/ stays the test split
             itr, iva = _holdout(len(tr_paths), cfg, root / "train")
             va_paths, va_labels = [tr_paths[i] for i in iva], [tr_labels[i] for i in iva]
@@ -232,7 +232,7 @@ def build_image_folder(cfg: Any, task: str) -> Source:
 
     return Source(train=train, val=val, in_channels=channels, image_size=image_size,
                   num_classes=n_cls, class_names=classes + [str(k) for k in range(len(classes), n_cls)],
-                  notes=skipped_note(skipped, where) + _shrink_notes(tr[0][0], size),
+                  notes=skipped_note(skipped, root) + _shrink_notes(tr[0][0], size),
                   test=test if test_dir is not None else None)
 
 
