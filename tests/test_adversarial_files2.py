@@ -704,3 +704,12 @@ def test_predict_names_a_skipped_file_with_escapes_escaped(completed, tmp_path):
     result = cli(["predict", completed, good, odd, "--out", tmp_path / "p.csv"])
     assert result.exit_code == 0 and "\x1b" not in result.stderr, result.stderr
     assert "b\\x1b[2J.png" in result.stderr and "1 skipped" in result.stderr
+
+
+@pytest.mark.parametrize("content", [b"[1, 2]", b"\xff\xfe", b"[" * 100_000], ids=["list", "binary", "deep"])
+def test_lab_folder_with_a_damaged_lab_json(tmp_path, content):
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    (lab / "lab.json").write_bytes(content)
+    refused(cli(["lab", "init", "--resume", lab, "--size", "tiny"]),
+            rf"^error: cannot read {lab}/lab.json \(.*\); is '{lab}' a lab folder\?$")

@@ -108,9 +108,12 @@ def _remove_if_unused(lab_dir: Path, made: Sequence[Path]) -> None:
 def read_lab(lab_dir: Path | str) -> dict:
     path = Path(lab_dir) / LAB_FILE
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as err:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as err:
         raise RunDirError(f"cannot read {path} ({err}); is '{lab_dir}' a lab folder?") from None
+    if not isinstance(doc, dict):  # (a list or number here was an AttributeError traceback)
+        raise RunDirError(f"cannot read {path} (not a JSON object as vaitrain writes it); is '{lab_dir}' a lab folder?")
+    return doc
 
 
 def run_topic(name: str, *, size: str = "default", out_dir: Path | str = "runs", overrides: Sequence[str] = (),
