@@ -348,3 +348,13 @@ def test_plot_named_other_than_png(trained, tmp_path, command):
 def test_searchpath_that_is_no_folder(tmp_path, value, pattern):
     """Hydra only warned (a 2-line UserWarning) and went on: the user's recipes were then 'not a valid choice'."""
     train_refused(tmp_path, [f"hydra.searchpath={value}"], pattern)
+
+
+def test_loader_workers_far_above_the_cores(tmp_path):
+    """data.num_workers=999 (streamed data) started 999 processes: the machine froze for minutes."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    train_refused(tmp_path, ["data.device_resident=false", "data.num_workers=999"],
+                  rf"^error: data.num_workers=999 is far more than the {cores} CPU cores here .*<= {cores}$")
+    assert compose([f"data.num_workers={cores}"]).data.num_workers == cores

@@ -355,6 +355,7 @@ def validate(cfg: DictConfig) -> None:
     checks.check_finite(cfg, BOUNDS)
     checks.check_lengths(cfg, LENGTHS)
     checks.check_not_empty(cfg)
+    checks.check_workers(cfg)
     for key, (lo, hi) in BOUNDS.items():
         value = OmegaConf.select(cfg, key, default=None)
         if value is None:

@@ -260,3 +260,15 @@ def check_not_empty(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and not str(value).strip():
             raise ConfigError(f"{key} is empty; give a folder, e.g. {example} (`.` for the current one)")
+
+
+def check_workers(cfg: DictConfig) -> None:
+    """data.num_workers far above the cores (999) started that many loader processes, which froze a
+    2-core machine for minutes; torch itself only warns above the core count."""
+    import os
+
+    workers = OmegaConf.select(cfg, "data.num_workers", default=0) or 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if workers > 4 * cores:
+        raise ConfigError(f"data.num_workers={workers} is far more than the {cores} CPU cores here (each is a "
+                          f"process): use data.num_workers <= {cores}")
