@@ -713,3 +713,14 @@ def test_lab_folder_with_a_damaged_lab_json(tmp_path, content):
     (lab / "lab.json").write_bytes(content)
     refused(cli(["lab", "init", "--resume", lab, "--size", "tiny"]),
             rf"^error: cannot read {lab}/lab.json \(.*\); is '{lab}' a lab folder\?$")
+
+
+def test_deeply_nested_json_in_run_files(completed, tmp_path):
+    run = Path(shutil.copytree(completed, tmp_path / "run"))
+    (run / "graphs.json").write_bytes(b"[" * 100_000)  # json.loads recursion: RecursionError
+    result = cli(["report", run, "--out", tmp_path / "r.html"])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output[-300:]
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "sweep.json").write_bytes(b"{\"jobs\": " + b"[" * 100_000)
+    refused(cli(["train", "-m", f"resume={sweep}"]), rf"^error: cannot read {sweep}/sweep.json \(")

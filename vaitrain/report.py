@@ -207,7 +207,7 @@ def graphs_png(run: Run) -> bytes | None:
         return None
     try:
         stages = json.loads(path.read_text())["stages"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
     import networkx as nx
 

@@ -137,7 +137,7 @@ def plan_resume(sweep_dir: Path, extra: Sequence[str]) -> tuple[SweepResult, str
                 raise ValueError(f"job {job.index} is not as vaitrain writes it")
             if job.run_dir and not (sweep_dir / job.run_dir).resolve().is_relative_to(sweep_dir.resolve()):
                 raise ValueError(f"job {job.index}'s run_dir {job.run_dir} is outside the sweep folder")
-    except (OSError, ValueError, TypeError, KeyError) as err:
+    except (OSError, ValueError, TypeError, KeyError, RecursionError) as err:
         raise RunDirError(f"cannot read {sweep_dir / SWEEP_FILE} ({err}); is it a vaitrain sweep folder?") from None
     result = SweepResult(sweep_dir, list(doc.get("overrides", [])), jobs)
     todo = []
