@@ -358,3 +358,9 @@ def test_loader_workers_far_above_the_cores(tmp_path):
     train_refused(tmp_path, ["data.device_resident=false", "data.num_workers=999"],
                   rf"^error: data.num_workers=999 is far more than the {cores} CPU cores here .*<= {cores}$")
     assert compose([f"data.num_workers={cores}"]).data.num_workers == cores
+
+
+def test_more_cpu_processes_than_cores(tmp_path):
+    """trainer.devices=64 on the CPU started 64 gloo processes on a 2-core machine."""
+    train_refused(tmp_path, ["trainer.device=cpu", "trainer.devices=64", "trainer.batch_size=64", "data.num_train=128"],
+                  r"^error: trainer.devices=64 on the CPU starts 64 processes but there are \d+ CPU cores here")
