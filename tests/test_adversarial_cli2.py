@@ -362,5 +362,14 @@ def test_loader_workers_far_above_the_cores(tmp_path):
 
 def test_more_cpu_processes_than_cores(tmp_path):
     """trainer.devices=64 on the CPU started 64 gloo processes on a 2-core machine."""
+    # (up to 4x the cores is taken: on a 1-core CI machine the 2-process tests still run)
     train_refused(tmp_path, ["trainer.device=cpu", "trainer.devices=64", "trainer.batch_size=64", "data.num_train=128"],
                   r"^error: trainer.devices=64 on the CPU starts 64 processes but there are \d+ CPU cores here")
+
+
+def test_more_local_jobs_at_once_than_cores(tmp_path):
+    """sweep.parallel=999 with range(1000) would start 999 training processes at once."""
+    line = train_refused(tmp_path, ["seed=range(20)", "sweep.parallel=999"],
+                         r"^error: sweep.parallel=999 runs 999 jobs at once on this machine, which has \d+ CPU cores",
+                         multirun=True)
+    assert "sweep.launcher=slurm" in line

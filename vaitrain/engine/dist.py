@@ -64,7 +64,7 @@ def check_setup(devices: int, device: torch.device, sync_bn: bool, batch_size: i
         raise ConfigError(f"trainer.batch_size={batch_size} is not divisible by trainer.devices={devices}: the "
                           f"global batch is split evenly; use a multiple of {devices}")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if devices > 1 and device.type == "cpu" and devices > cores:  # trainer.devices=64: 64 processes on 2 cores
+    if devices > 1 and device.type == "cpu" and devices > 4 * cores:  # trainer.devices=64: 64 processes on 2 cores
         raise DeviceError(f"trainer.devices={devices} on the CPU starts {devices} processes but there are {cores} "
                           f"CPU cores here: use trainer.devices <= {cores}")
     if devices > 1 and device.type == "cuda" and devices > torch.cuda.device_count():
