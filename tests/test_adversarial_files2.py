@@ -724,3 +724,28 @@ def test_deeply_nested_json_in_run_files(completed, tmp_path):
     sweep.mkdir()
     (sweep / "sweep.json").write_bytes(b"{\"jobs\": " + b"[" * 100_000)
     refused(cli(["train", "-m", f"resume={sweep}"]), rf"^error: cannot read {sweep}/sweep.json \(")
+
+
+def test_unreadable_records_and_checkpoints(completed, tmp_path, monkeypatch):
+    # (chmod 000 does not stop root: the error a non-root user meets is raised where the file opens)
+    import builtins
+
+    run = Path(shutil.copytree(completed, tmp_path / "run"))
+    real_open = builtins.open
+
+    def guarded(file, *args, **kwargs):
+        if str(file).endswith("metrics.jsonl") and str(file).startswith(str(run)):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded)
+    refused(cli(["compare-runs", run]), rf"cannot read {run}/metrics.jsonl \(Permission denied\): fix its permissions")
+    monkeypatch.setattr(builtins, "open", real_open)
+
+    def denied(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(torch, "load", denied)
+    # (it said "truncated or corrupt")
+    refused(cli(["eval", run]), rf"^error: cannot read checkpoint '{run}/checkpoints/best.pt' \(Permission denied\): "
+                                r"fix its permissions$")

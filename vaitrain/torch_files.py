@@ -33,6 +33,8 @@ def load_error(path: Path, err: Exception, what: str = "checkpoint",
                fix: str = "use the run's other checkpoint (best.pt/last.pt) or start a new run") -> CheckpointError:
     """One line for torch.load's multi-paragraph errors: refused code, or a damaged file. `what`
     names the file's role (checkpoint, weights file), `fix` what to do about a damaged one."""
+    if isinstance(err, PermissionError) or (isinstance(err, OSError) and not path.is_file()):
+        return CheckpointError(f"cannot read {what} '{path}' ({err.strerror or err}): fix its permissions")
     text = str(err)
     code = re.search(r"GLOBAL (\S+)", text)
     name = code.group(1) if code else _pickled_global(path) if "Unsupported operand" in text else None

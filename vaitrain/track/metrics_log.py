@@ -35,7 +35,13 @@ def read_metrics(path: Path) -> Iterator[dict[str, Any]]:
     """Records of a metrics.jsonl; a torn last line (crash mid-write) is skipped, and so is any line
     that is not a record (damaged bytes, JSON that is not an object, a non-integer step or epoch),
     so every reader can rely on the keys it uses."""
-    with open(path, encoding="utf-8", errors="replace") as f:
+    try:
+        f = open(path, encoding="utf-8", errors="replace")
+    except OSError as err:  # unreadable (permissions): one line, not a traceback in compare-runs or resume
+        from vaitrain.errors import RunDirError
+
+        raise RunDirError(f"cannot read {path} ({err.strerror or err}): fix its permissions") from None
+    with f:
         for line in f:
             line = line.strip()
             if not line:
