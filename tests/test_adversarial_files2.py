@@ -749,3 +749,8 @@ def test_unreadable_records_and_checkpoints(completed, tmp_path, monkeypatch):
     # (it said "truncated or corrupt")
     refused(cli(["eval", run]), rf"^error: cannot read checkpoint '{run}/checkpoints/best.pt' \(Permission denied\): "
                                 r"fix its permissions$")
+
+
+def test_a_class_named_train_among_others_is_a_class(tmp_path):
+    root = tree(tmp_path / "data", splits=("",), classes=("bus", "train"), n=3)  # VOC has a 'train' class
+    assert build("image_folder", root, "classification").class_names == ["bus", "train"]

@@ -164,10 +164,11 @@ def _scan_classes(folder: Path, classes: list[str] | None, skipped: list[Path] |
 
 
 def _check_not_splits(root: Path, classes: list[str]) -> None:
-    """A single tree whose 'classes' are split folders (Train/ and Val/, or train/ alone) would
-    train a classifier of the splits: refused, saying which layout was meant."""
+    """A single tree whose 'classes' are all split folders (Train/ and Val/, or train/ alone) would
+    train a classifier of the splits: refused, saying which layout was meant. A split name among
+    other classes is a class (VOC's 'train')."""
     splits = [c for c in classes if c.lower() in _SPLIT_NAMES]
-    if not splits:
+    if not splits or len(splits) < len(classes):
         return
     if "train" in splits:
         raise DataError(f"{root} has train/ but no val/ (or test/) beside it: add {root}/val/<class>/, or set "
