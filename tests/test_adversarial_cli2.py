@@ -373,3 +373,13 @@ def test_more_local_jobs_at_once_than_cores(tmp_path):
                          r"^error: sweep.parallel=999 runs 999 jobs at once on this machine, which has \d+ CPU cores",
                          multirun=True)
     assert "sweep.launcher=slurm" in line
+
+
+def test_a_key_of_an_option_not_chosen_is_said(tmp_path):
+    """optim.lr_min=0.1 with optim=adam (Alrao's key) composed and was ignored without a word."""
+    result = cli(["train", *TINY, "trainer.epochs=1", "trainer.progress=plain", "optim=adam", "optim.lr_min=0.1",
+                  f"out_dir={tmp_path}"])
+    assert result.exit_code == 0, result.output
+    assert ("note: optim.lr_min=0.1 has no effect: optim=adam does not read optim.lr_min "
+            "(`vaitrain options optim optim=adam` lists what it does)") in result.output
+    assert "note: optim.lr=" not in result.output and "note: model." not in result.output

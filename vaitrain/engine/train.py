@@ -70,6 +70,7 @@ class Trainer:
     def __init__(self, cfg: DictConfig, overrides: list[str], *, out_dir: Path | None, dated: bool, name: str,
                  on_epoch: EpochHook | None = None):
         self.cfg = cfg
+        self.given = list(overrides)
         self.on_epoch = on_epoch
         self.config_yaml = to_yaml(cfg)  # serialized once: run files, TensorBoard, every checkpoint
         self.ctx = dist.from_environment()
@@ -258,6 +259,8 @@ class Trainer:
                 and not str(self.cfg.model.get("weights") or "") and not self.cfg.get("init_from")):
             progress.line("note: model.freeze=backbone without model.weights or init_from: the backbone keeps its "
                           "random initialization and only the final layer trains")
+        for line in unused_overrides(self.cfg, self.given):
+            progress.line(line)
 
     def _validate(self) -> dict[str, float]:
         """The epoch's validation metrics (val/*, and val_ema/* with trainer.ema)."""
@@ -380,6 +383,23 @@ class Stopwatch:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - self.t0
+
+
+def unused_overrides(cfg: DictConfig, overrides: list[str]) -> list[str]:
+    """A note per override of a key that belongs to an option not chosen (optim.lr_min=0.1 with
+    optim=adam): composed and valid, but nothing reads it, which the run should say."""
+    from vaitrain.options import applying_config
+
+    hidden = set(applying_config(cfg)[1])
+    notes = []
+    for text in dict.fromkeys(overrides):
+        key = text.split("=", 1)[0].lstrip("+")
+        if key in hidden:
+            group = key.split(".")[0]
+            name = cfg[group].name
+            notes.append(f"note: {text} has no effect: {group}={name} does not read {key} "
+                         f"(`vaitrain options {group} {group}={name}` lists what it does)")
+    return notes
 
 
 def train(cfg: DictConfig, overrides: list[str], *, out_dir: Path | None = None, dated: bool = True,
