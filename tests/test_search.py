@@ -80,7 +80,11 @@ def test_search_space_syntax() -> None:
     (["trainer.epochs=2"], "at least one searched value"),
     (["optim.lr=log(1e-4,1e-1)", "optim=sgd,adma"], "adma"),
     (["optim.lr=log(1e-4,1e-1)", "search.pruner=mean"], "search.pruner=mean"),
-    (["optim.lr=log(1e-4,1e-1)", "search.metric=val/acc5"], "search.direction"),
+    (["optim.lr=log(1e-4,1e-1)", "search.metric=val/acc_5"], "reports no such validation metric; choose one of loss, acc1, acc5"),
+    (["optim.lr=log(1e-4,1e-1)", "search.metric=train/loss"], "no such validation metric"),
+    (["optim.lr=log(1e-4,1e-1)", "search.metric=val_ema/acc1"], "need an EMA of the weights"),
+    (["optim.lr=log(1e-4,1e-1)", "optim.lr=0.1"], "optim.lr is given twice ('optim.lr=log(1e-4,1e-1)' and 'optim.lr=0.1')"),
+    (["optim.lr=log(1e-4,1e-1)", "optim.lr=interval(0.1,0.2)"], "optim.lr is given twice"),
     (["optim.lr=log(1e-4,1e-1)", "search.storage=runs/x.db"], "no database URL"),
     (["optim.lr=log(1e-4,1e-1)", "search.storage=sqlite:////nonexistent/dir/x.db"], "cannot open it"),
     (["resume=/nonexistent"], "not a vaitrain search folder"),
@@ -89,6 +93,31 @@ def test_bad_search_is_one_line_and_writes_nothing(tmp_path: Path, args: list[st
     res = CliRunner().invoke(app, ["search", *args, f"out_dir={tmp_path / 'o'}"])
     assert res.exit_code == 2 and res.stderr.count("\n") == 1 and message in res.stderr, res.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("task, metric, expected", [
+    ({"name": "classification", "topk": 5}, "", ("val/acc1", "maximize")),
+    ({"name": "classification", "topk": 5}, "acc5", ("val/acc5", "maximize")),
+    ({"name": "classification", "topk": 5}, "val/loss", ("val/loss", "minimize")),
+    ({"name": "segmentation"}, "val/dice", ("val/dice", "maximize")),
+    ({"name": "regression", "head": "plain"}, "", ("val/rmse", "minimize")),
+    ({"name": "regression", "head": "mdn"}, "nll", ("val/nll", "minimize")),
+])
+def test_the_metric_and_its_direction_follow_the_task(task: dict, metric: str, expected: tuple) -> None:
+    from omegaconf import OmegaConf
+
+    from vaitrain.search import objective
+
+    cfg = OmegaConf.create({"task": task, "search": {"metric": metric, "direction": "auto"}, "trainer": {"ema": 0.0}})
+    assert objective(cfg) == expected
+
+
+def test_resuming_with_a_new_trial_count_replaces_the_stored_one(tmp_path: Path) -> None:
+    from vaitrain.search import _open_search
+
+    (tmp_path / SEARCH_FILE).write_text(json.dumps({"overrides": ["optim.lr=log(1e-4,1e-1)", "search.trials=4"]}))
+    _, overrides, resuming = _open_search([f"resume={tmp_path}", "search.trials=9"])
+    assert resuming and overrides == ["optim.lr=log(1e-4,1e-1)", "search.trials=9"]
 
 
 def test_missing_optuna_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -228,3 +228,19 @@ def test_meter_all_reduce_in_a_real_process_group(tmp_path):
         assert meter.compute() == pytest.approx(before)
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("topk", [1, 3])
+def test_classification_metrics_reported_name_what_the_meter_computes(topk):
+    """search.metric is checked against Task.metrics_reported: the keys a validation pass yields."""
+    task = build_task(cfg(topk=topk), data(4))
+    meter = task.new_meter()
+    meter.update(torch.randn(5, 4), torch.tensor([0, 1, 2, 3, 0]))
+    assert set(meter.compute()) == set(type(task).metrics_reported(cfg(topk=topk)))
+
+
+def test_segmentation_metrics_reported_name_what_the_meter_computes():
+    task = build_task(cfg(name="segmentation"), data(3))
+    meter = task.new_meter()
+    meter.update(torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4)))
+    assert set(meter.compute()) == set(type(task).metrics_reported(cfg(name="segmentation")))

@@ -199,3 +199,14 @@ def test_regression_images():
     w = W()
     t.log_images(w, "val/samples", torch.randn(3, 3, 8, 8), torch.randn(3, 2), torch.randn(3, t.num_outputs), 0)
     assert w.images["val/samples"].shape[0] == 3
+
+
+
+@pytest.mark.parametrize("head", ["plain", "gaussian", "mdn"])
+def test_metrics_reported_names_what_the_meter_computes(head):
+    """search.metric is checked against Task.metrics_reported: it must name exactly the keys a
+    validation pass yields (here a real regression meter on one batch)."""
+    t = task(head)
+    m = t.new_meter()
+    m.update(torch.randn(4, t.num_outputs), torch.randn(4, 2))
+    assert set(m.compute()) == set(type(t).metrics_reported(OmegaConf.create({"head": head})))

@@ -66,9 +66,15 @@ def parse_space(overrides: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
     rewritten = [f"{m[1]}=tag(log,interval({m[2]}))" if (m := _LOG.match(o)) else o for o in overrides]
     fixed: list[str] = []
     space: dict[str, Any] = {}
-    for ov in _parse(rewritten):
+    given: dict[str, tuple[str, bool]] = {}  # key -> (its last override, searched?)
+    for ov, text in zip(_parse(rewritten), overrides):
         key = ov.get_key_element()
         value = ov.value()
+        searched = ov.is_sweep_override() or isinstance(value, Glob)
+        if key in given and (searched or given[key][1]):  # two fixed values: the last wins, as in train
+            raise ConfigError(f"{key} is given twice ('{given[key][0]}' and '{text}'): a searched key "
+                              "takes one range or list, and no fixed value besides")
+        given[key] = (text, searched)
         if ov.is_interval_sweep():
             lo, hi, log = value.start, value.end, "log" in value.tags
             if not lo < hi or (log and lo <= 0):
@@ -135,23 +141,27 @@ def plan(overrides: Sequence[str]) -> tuple[list[str], dict[str, Any], DictConfi
     return fixed, space, base
 
 
-def objective(cfg: DictConfig) -> tuple[str, str]:
-    """The metric the study optimizes (e.g. val/acc1) and its direction."""
+def objective(cfg: DictConfig, known_only: bool = True) -> tuple[str, str]:
+    """The metric the study optimizes (e.g. val/acc1) and its direction. `known_only`: the metric
+    must be one the task reports (a custom train_fn may report more, with search.direction set)."""
     from vaitrain.tasks import TASKS
 
     task = TASKS[str(cfg.task.name)]
     metric = str(cfg.search.metric) or f"val/{task.main_metric}"
     if "/" not in metric:
         metric = f"val/{metric}"
+    section, name = metric.split("/", 1)
+    modes = task.metrics_reported(cfg.task)
+    explicit = str(cfg.search.direction) != "auto"
+    if (known_only or not explicit) and (section not in ("val", "val_ema") or name not in modes):
+        sections = "val/ (or val_ema/ with trainer.ema set, e.g. 0.999)"
+        raise ConfigError(f"search.metric={metric}: a {task.name} run reports no such validation metric; "
+                          f"choose one of {', '.join(modes)} under {sections}")
+    if section == "val_ema" and not bool(cfg.trainer.ema):
+        raise ConfigError(f"search.metric={metric}: val_ema/ metrics need an EMA of the weights, e.g. trainer.ema=0.999")
     direction = str(cfg.search.direction)
     if direction == "auto":
-        if metric == f"val/{task.main_metric}":
-            direction = "maximize" if task.main_mode == "max" else "minimize"
-        elif metric.endswith("loss"):
-            direction = "minimize"
-        else:
-            raise ConfigError(f"search.metric={metric}: say whether to raise or lower it with "
-                              "search.direction=maximize or minimize")
+        direction = "maximize" if modes[name] == "max" else "minimize"  # name is known: checked above
     return metric, direction
 
 
@@ -314,7 +324,10 @@ def _open_search(overrides: Sequence[str]) -> tuple[Path, list[str], bool]:
     if bad:
         raise ConfigError(f"'{bad[0]}': resuming a search keeps its space and fixed values; only search.* "
                           "(e.g. search.trials=60) may be given with resume=")
-    return folder, [*doc["overrides"], *extra], True
+    # a search.* given now replaces the stored one (e.g. search.trials=60 runs more trials)
+    now = {o.split("=", 1)[0] for o in extra}
+    kept = [o for o in doc["overrides"] if o.split("=", 1)[0].lstrip("+") not in now]
+    return folder, [*kept, *extra], True
 
 
 def run_search(overrides: Sequence[str], *, progress: Progress | None = None,
@@ -325,7 +338,7 @@ def run_search(overrides: Sequence[str], *, progress: Progress | None = None,
     folder, overrides, resuming = _open_search(overrides)
     fixed, space, base = plan(overrides)
     settings = base.search
-    metric, direction = objective(base)
+    metric, direction = objective(base, known_only=train_fn is None)
     check_launcher(settings)
     given, beat = str(settings.storage), int(settings.heartbeat)
     if given and "://" not in given:

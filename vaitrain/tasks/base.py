@@ -66,6 +66,13 @@ class Task(ABC):
     dense: bool = False
     main_metric: str = "loss"
     main_mode: str = "min"
+    # every validation metric the task reports (without val/), and whether higher ("max") is better
+    metric_modes: dict[str, str] = {"loss": "min"}
+
+    @classmethod
+    def metrics_reported(cls, task_cfg: Any) -> dict[str, str]:
+        """The metric names a run with this task config reports, each with its better direction."""
+        return dict(cls.metric_modes)
 
     @abstractmethod
     def loss(self, out: Tensor, y: Tensor) -> Tensor:

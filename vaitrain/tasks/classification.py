@@ -70,6 +70,12 @@ class ClassificationTask(Task):
     dense = False
     main_metric = "acc1"
     main_mode = "max"
+    metric_modes = {"loss": "min", "acc1": "max"}
+
+    @classmethod
+    def metrics_reported(cls, task_cfg: Any) -> dict[str, str]:
+        k = int(task_cfg.topk)  # capped at the class count when the data is known
+        return {**cls.metric_modes, **({f"acc{k}": "max"} if k > 1 else {})}
 
     def __init__(self, cfg: Any, data: Any):
         num_classes = getattr(data, "num_classes", None)

@@ -120,6 +120,11 @@ class RegressionTask(Task):
     dense = False
     main_metric = "rmse"
     main_mode = "min"
+    metric_modes = {"loss": "min", "rmse": "min", "mae": "min", "err": "min", "best_of_k": "min"}
+
+    @classmethod
+    def metrics_reported(cls, task_cfg: Any) -> dict[str, str]:
+        return {**cls.metric_modes, **({"nll": "min"} if str(task_cfg.head) != "plain" else {})}
 
     def __init__(self, cfg: Any, data: Any):
         dim = getattr(data, "target_dim", None)

@@ -81,6 +81,7 @@ class SegmentationTask(Task):
     dense = True
     main_metric = "miou"
     main_mode = "max"
+    metric_modes = {"loss": "min", "pixel_acc": "max", "miou": "max", "dice": "max"}
 
     def __init__(self, cfg: Any, data: Any):
         num_classes = getattr(data, "num_classes", None)
