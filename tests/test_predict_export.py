@@ -4,6 +4,7 @@ exported TorchScript and ONNX files match PyTorch within 1e-4 (ResNet-20, U-Net,
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -155,6 +156,26 @@ def test_predict_bad_inputs(runs, photos, tmp_path):
         (tmp_path / "empty").mkdir(exist_ok=True)
         r = runner.invoke(app, ["predict", str(runs["cls"]), *args])
         assert r.exit_code == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.output
+
+
+def test_predict_options_that_do_not_fit_the_run(runs, photos, tmp_path):
+    """An option the run's task has no use for is refused before any work; --topk above the class
+    count says what each row holds; a file named twice is predicted once."""
+    folder, sizes = photos
+    runner = CliRunner()
+    for run, args, words in ((runs["cls"], ["--overlay"], "is a classification run: drop --overlay"),
+                             (runs["mdn"], ["--topk", "2"], "is a regression run: drop --topk")):
+        out = tmp_path / "x.csv"
+        r = runner.invoke(app, ["predict", str(run), str(folder / "wide.png"), "--out", str(out), *args])
+        assert r.exit_code == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.output
+        assert not out.exists()
+    r = runner.invoke(app, ["predict", str(runs["cls"]), str(folder), str(folder / "wide.png"), f"{folder}/*.png",
+                            "--topk", "9"])
+    assert r.exit_code == 0, r.output
+    assert "--topk 9: the model knows 6 classes, so each row lists 6" in r.stderr
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert sorted(Path(row["path"]).name for row in rows) == sorted(sizes)  # each file once
+    assert f"{len(sizes)} of {len(sizes)} files predicted" in r.stderr
 
 
 @pytest.mark.parametrize("where", ["GPU", "CPU"])

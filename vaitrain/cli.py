@@ -497,7 +497,8 @@ def predict(
     out: Optional[Path] = typer.Option(None, "--out", help="FILE.csv or FILE.json (segmentation: a folder for the "
                                        "PNG masks); default: CSV on stdout."),
     checkpoint: str = typer.Option("best", help="best, last, or a path to a .pt file."),
-    topk: int = typer.Option(5, "--topk", help="Classification: classes per image, most probable first."),
+    topk: Optional[int] = typer.Option(None, "--topk", help="Classification: classes per image, most probable "
+                                       "first (default 5, at most the model's classes)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
     overlay: bool = typer.Option(False, "--overlay", help="Segmentation: also <name>.overlay.png (mask over image)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda ... (default: the run's trainer.device)."),
@@ -512,8 +513,8 @@ def predict(
                              overlay=overlay, device=device, progress=progress)
     finally:
         progress.close()  # finish() alone leaves a terminal's live display running
-    for line in result.errors:
-        typer.echo(f"skipped {line}", err=True)
+    for line in [*result.notes, *(f"skipped {e}" for e in result.errors)]:
+        typer.echo(line, err=True)
     if not result.rows:
         fail(f"none of the {result.total} files could be read; nothing written")
     if out is None:

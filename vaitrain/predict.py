@@ -42,6 +42,7 @@ class PredictResult:
     errors: list[str] = field(default_factory=list)  # one line per file skipped
     written: list[Path] = field(default_factory=list)  # files written (outputs, masks, overlays)
     total: int = 0
+    notes: list[str] = field(default_factory=list)  # lines for the user (e.g. --topk above the classes)
 
 
 def expand_paths(args: Sequence[str]) -> list[Path]:
@@ -69,7 +70,11 @@ def expand_paths(args: Sequence[str]) -> list[Path]:
             raise DataError(f"{arg} does not exist: give image files, folders or globs")
     if not out:
         raise DataError("no input files: give image files, folders or globs")
-    return out
+    # a file named twice (a folder and a glob over it, the same folder twice) is predicted once
+    unique: dict[str, Path] = {}
+    for p in out:
+        unique.setdefault(os.path.abspath(p), p)
+    return list(unique.values())
 
 
 def _output_format(out: Path | None, task: str) -> str | None:
@@ -126,16 +131,25 @@ class Preprocess:
 
 
 def predict(run_dir: Path, inputs: Sequence[str], *, checkpoint: str = "best", out: Path | None = None,
-            topk: int = 5, batch_size: int = 64, overlay: bool = False, device: str | None = None,
+            topk: int | None = None, batch_size: int = 64, overlay: bool = False, device: str | None = None,
             overrides: Sequence[str] = (), progress: Any = None) -> PredictResult:
     """Run the model of `run_dir` on the files `inputs` name; see the module docstring."""
     from vaitrain.engine.trained import load_trained
 
     paths = expand_paths(inputs)
-    if batch_size < 1 or topk < 1:
+    if batch_size < 1 or (topk is not None and topk < 1):
         raise ConfigError("--batch-size and --topk must be >= 1")
     trained = load_trained(run_dir, checkpoint, list(overrides), device)
     task = trained.task.name
+    if overlay and task != "segmentation":
+        raise ConfigError(f"--overlay draws segmentation masks over the images; {run_dir} is a {task} run: drop --overlay")
+    if topk is not None and task != "classification":
+        raise ConfigError(f"--topk ranks classes; {run_dir} is a {task} run: drop --topk")
+    result = PredictResult(total=len(paths))
+    classes = int(getattr(trained.task, "num_classes", 0) or 0)
+    if topk is not None and task == "classification" and topk > classes:
+        result.notes.append(f"--topk {topk}: the model knows {classes} classes, so each row lists {classes}")
+    topk = 5 if topk is None else topk
     fmt = _output_format(out, task)
     if out is not None:
         _check_out(out, fmt)
@@ -144,7 +158,6 @@ def predict(run_dir: Path, inputs: Sequence[str], *, checkpoint: str = "best", o
     fit = SQUASH if task == "segmentation" else Fit(str(info.get("resize", "squash")),
                                                      float(info.get("crop_fraction", 1.0)))
     pre = Preprocess(info, trained.stats, fit)
-    result = PredictResult(total=len(paths))
     writer = _SegWriter(out, trained, overlay) if task == "segmentation" else None
     if writer is not None:
         writer.check_inputs_kept(paths)
