@@ -287,3 +287,24 @@ def test_training_windows_that_do_not_fit_the_model_are_refused_in_one_line():
         cfg = compose([*overrides, "data.num_train=32", "data.num_val=8", "trainer.batch_size=16"])
         with pytest.raises(ConfigError, match=message):
             build_components(cfg, CPU)
+
+
+def test_windows_larger_than_the_images_are_refused(tmp_path):
+    """data.crop above the images' size trained on zero padding without a word; refused against
+    data.image_size at composition, and against the loaded images' own size when that is 0."""
+    from PIL import Image
+
+    from vaitrain.config import compose
+    from vaitrain.engine.components import build_components
+
+    with pytest.raises(ConfigError, match=r"^data.crop=40 is larger than the 32 px images"):
+        compose(["data.crop=40"])
+    assert int(compose(["data.crop=40", "data.resized_crop=true"]).data.crop) == 40  # RandomResizedCrop scales up
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (20, 20), (60 * i, 0, 0)).save(tmp_path / split / c / f"{i}.png")
+    cfg = compose(["data=image_folder", f"data.root={tmp_path}", "data.crop=24", "trainer.batch_size=4"])
+    with pytest.raises(ConfigError, match=r"^data.crop=24 is larger than the 20 px images"):
+        build_components(cfg, CPU)

@@ -356,6 +356,7 @@ def validate(cfg: DictConfig) -> None:
     checks.check_lengths(cfg, LENGTHS)
     checks.check_not_empty(cfg)
     checks.check_workers(cfg)
+    checks.check_crop(cfg.data, int(cfg.data.image_size))
     for key, (lo, hi) in BOUNDS.items():
         value = OmegaConf.select(cfg, key, default=None)
         if value is None:

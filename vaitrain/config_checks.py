@@ -262,6 +262,16 @@ def check_not_empty(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} is empty; give a folder, e.g. {example} (`.` for the current one)")
 
 
+def check_crop(data: Any, size: int) -> None:
+    """A random window larger than the (resized) image is mostly zero padding, and validation sees
+    whole images of another size: training on padding, silently. RandomResizedCrop may upsample.
+    `size`: data.image_size here; the loaded images' own size when that is 0 (data/__init__.py)."""
+    crop = int(data.crop or 0)
+    if crop > size > 0 and not bool(data.resized_crop):
+        raise ConfigError(f"data.crop={crop} is larger than the {size} px images: the windows would be mostly "
+                          f"padding; use data.crop <= {size}, or data.resized_crop=true to scale up")
+
+
 def check_workers(cfg: DictConfig) -> None:
     """data.num_workers far above the cores (999) started that many loader processes, which froze a
     2-core machine for minutes; torch itself only warns above the core count."""

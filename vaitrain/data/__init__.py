@@ -17,6 +17,7 @@ from vaitrain.data.mix import MixSpec
 from vaitrain.data.loader import DeviceLoader, StreamLoader, TensorDataset, Transform, iterate_raw
 from vaitrain.data.stats import check_stats, chunks, image_stats, target_stats
 from vaitrain import registry
+from vaitrain.config_checks import check_crop
 from vaitrain.errors import ConfigError, DataError
 
 __all__ = ["DataBundle", "build_data", "list_datasets"]
@@ -70,6 +71,8 @@ def build_data(data_cfg: Any, task_name: str, *, device: Any, batch_size: int, v
             f"trainer.batch_size={batch_size} is larger than the training split of data={name} ({n_train} samples): "
             "lower trainer.batch_size or raise data.num_train"
         )
+    if str(data_cfg.augment).lower() != "false" and task_name != "regression":
+        check_crop(data_cfg, int(src.image_size or 0))  # the images' own size (data.image_size=0)
     train, val = (_place(s, data_cfg, device) for s in (src.train, src.val))
     if stats is not None:
         stats = check_stats(stats, channels=src.in_channels, image_size=src.image_size, target_dim=src.target_dim)
