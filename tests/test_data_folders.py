@@ -222,3 +222,16 @@ def test_csv_regression_bad_files(tmp_path):
     csv.write_text("path,angle,scale\n")
     with pytest.raises(DataError, match="no data rows"):
         build("csv_regression", csv, "regression")
+
+
+def test_a_subset_without_some_class_says_which(tmp_path):
+    """data.num_train draws a random subset: one that holds no image of a class is named at the start
+    (one image of three classes: the other two), and the whole set says nothing of it."""
+    make_tree(tmp_path, classes=("ant", "bee", "cat"), per_class=3)
+    bundle = build("image_folder", tmp_path, "classification", batch=1, num_train=1)
+    notes = [n for n in bundle.notes if "draws no training image" in n]
+    assert len(notes) == 1 and notes[0].startswith("data.num_train=1 draws no training image of class ")
+    named = notes[0].split("of class ")[1].split(":")[0].split(", ")
+    assert len(named) == 2 and set(named) < {"ant", "bee", "cat"}
+    full = build("image_folder", tmp_path, "classification", batch=1, num_train=0)
+    assert not [n for n in full.notes if "draws no training image" in n]

@@ -233,8 +233,19 @@ def build_image_folder(cfg: Any, task: str) -> Source:
 
     return Source(train=train, val=val, in_channels=channels, image_size=image_size,
                   num_classes=n_cls, class_names=classes + [str(k) for k in range(len(classes), n_cls)],
-                  notes=skipped_note(skipped, root) + _shrink_notes(tr[0][0], size),
+                  notes=skipped_note(skipped, root) + _shrink_notes(tr[0][0], size) + _capped_notes(tr, classes, cfg),
                   test=test if test_dir is not None else None)
+
+
+def _capped_notes(tr: Sequence[tuple[Path, int]], classes: Sequence[str], cfg: Any) -> list[str]:
+    """One line when data.num_train's random subset holds no image of some class (the model would be
+    scored on a class it never saw)."""
+    left_out = [c for i, c in enumerate(classes) if i not in {y for _, y in tr}]
+    if not left_out:
+        return []
+    names = ", ".join(left_out[:3]) + (f" and {len(left_out) - 3} more" if len(left_out) > 3 else "")
+    return [f"data.num_train={int(cfg.num_train)} draws no training image of class {names}: raise data.num_train "
+            f"(0 = all images) for every class to be learned"]
 
 
 def _shrink_notes(first: Path, size: int) -> list[str]:
