@@ -51,7 +51,7 @@ def run_copy(trained, tmp_path) -> Path:
     (["optimizer=adam"], r"^error: unknown config key 'optimizer'; valid keys here: optim, "),
     (["data.num_train=0"], r"^error: shapes needs data.num_train > 0 and data.num_val > 0"),
     (["data.num_train=20"], r"^error: trainer.batch_size=32 is larger than the training split of data=shapes "
-                            r"\(20 samples\): lower trainer.batch_size or raise data.num_train"),
+                            r"\(20 samples\): lower it, e.g. trainer.batch_size=8 or raise data.num_train"),
     (["model=unet", "task=segmentation", "data.image_size=30"],
      r"^error: image size 30 px does not fit a U-Net of depth 4 \(the size must be divisible by 2\^4=16\): "
      r"use data.image_size=16 or 32"),

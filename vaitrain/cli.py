@@ -255,6 +255,9 @@ def train(
         summary += f"  val/loss={result.metrics['val/loss']:.4g}"
     typer.echo(summary)
     typer.echo(f"tensorboard --logdir {result.run_dir}/tb")
+    # what a first run is for: score it, run it on new files, take it out of the tool
+    typer.echo("next: vaitrain eval RUN [--split test] | vaitrain predict RUN IMAGES... | "
+               "vaitrain export RUN --format onnx --out model.onnx  (RUN: the folder above)")
 
 
 def sweep_main(overrides: list[str]) -> None:

@@ -34,10 +34,16 @@ def _field_docs(schema: type) -> dict[str, str]:
         except (OSError, TypeError):
             continue
         block: list[str] = []  # comment lines just above a field document it when it has none of its own
+        open_doc = ""  # a field whose comment opened a parenthesis the next comment lines close
         for line in lines:
             m = _FIELD_COMMENT.match(line)
             if m:
                 docs[m.group(1)] = m.group(2).strip()
+                open_doc = m.group(1) if _unclosed(docs[m.group(1)]) else ""
+            elif open_doc and line.strip().startswith("#"):
+                docs[open_doc] += " " + line.strip().lstrip("#").strip()
+                open_doc = open_doc if _unclosed(docs[open_doc]) else ""
+                continue
             elif line.strip().startswith("#"):
                 block.append(line.strip().lstrip("#").strip())
                 continue
@@ -47,6 +53,10 @@ def _field_docs(schema: type) -> dict[str, str]:
                     docs.setdefault(field.group(1), block[0] + ("" if len(block) == 1 else " ..."))
             block = []
     return docs
+
+
+def _unclosed(doc: str) -> bool:
+    return doc.count("(") > doc.count(")")
 
 
 def _allowed(key: str, default: Any) -> str:

@@ -47,6 +47,15 @@ def list_datasets() -> list[str]:
     return sorted(registry.DATASETS.names)
 
 
+def _batch_too_large(batch_size: int, name: str, n_train: int, num_train: int) -> str:
+    """The fix for a batch above the training split: a batch size that fits (a few steps per epoch),
+    and data.num_train only where raising it gives more samples (generated data, or a cap in force)."""
+    fits = 1 << max(0, (max(1, n_train // 2)).bit_length() - 1)  # a power of two, at most half the split
+    more = " or raise data.num_train" if name.startswith("shapes") or num_train == n_train else ""
+    return (f"trainer.batch_size={batch_size} is larger than the training split of data={name} ({n_train} samples): "
+            f"lower it, e.g. trainer.batch_size={fits}{more}")
+
+
 def build_data(data_cfg: Any, task_name: str, *, device: Any, batch_size: int, val_batch_size: int, seed: int,
                stats: dict | None = None, rank: int = 0, world_size: int = 1, ignore_index: int = 255,
                test: bool = False) -> DataBundle:
@@ -67,10 +76,7 @@ def build_data(data_cfg: Any, task_name: str, *, device: Any, batch_size: int, v
     src: Source = entry.builder(data_cfg, task_name)
     n_train = len(src.train)  # type: ignore[arg-type]
     if n_train < batch_size:
-        raise ConfigError(
-            f"trainer.batch_size={batch_size} is larger than the training split of data={name} ({n_train} samples): "
-            "lower trainer.batch_size or raise data.num_train"
-        )
+        raise ConfigError(_batch_too_large(batch_size, name, n_train, int(data_cfg.num_train or 0)))
     if str(data_cfg.augment).lower() != "false" and task_name != "regression":
         check_crop(data_cfg, int(src.image_size or 0))  # the images' own size (data.image_size=0)
     train, val = (_place(s, data_cfg, device) for s in (src.train, src.val))
@@ -112,9 +118,12 @@ def build_data(data_cfg: Any, task_name: str, *, device: Any, batch_size: int, v
 
 
 _TEST_HINT = {
-    "image_folder": "put a test/<class>/ folder beside train/ in data.root",
-    "seg_folder": "put a test/ folder (images/ + masks/) beside train/ in data.root",
-    "csv_regression": "put test.csv beside train.csv and val.csv in data.root",
+    "image_folder": "put a test/<class>/ folder beside train/ in data.root (one tree of <class>/ folders moves "
+                    "under train/ first), or evaluate with --split val",
+    "seg_folder": "put a test/ folder (images/ + masks/) beside train/ in data.root (images/ and masks/ alone "
+                  "move under train/ first), or evaluate with --split val",
+    "csv_regression": "put test.csv beside train.csv and val.csv in data.root (a single CSV file has no test "
+                      "split), or evaluate with --split val",
     "voc": "VOC 2012's test masks are not public; evaluate with --split val",
     "*": "evaluate with --split val",
 }

@@ -1,0 +1,108 @@
+"""A new user's first hour with their own small folders (README "Your own images and weights"):
+what each message tells them to do must be something that works for their data."""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+import re
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from typer.testing import CliRunner
+
+import vaitrain.schema
+from vaitrain.cli import app
+from vaitrain.options import _field_docs
+
+COLOURS = {"blue": (30, 40, 200), "green": (30, 180, 40), "red": (200, 30, 30)}
+
+
+def _photos(root: Path, per_class: int) -> Path:
+    """One tree of <class>/ folders (no train/, val/): photos of a dominant colour."""
+    rng = np.random.default_rng(0)
+    for cls, colour in COLOURS.items():
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            arr = np.clip(np.array(colour) + rng.integers(-30, 30, (12, 12, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(root / cls / f"{i}.png")
+    return root
+
+
+def _common(tmp_path: Path, root: Path) -> list[str]:
+    return ["model=plain_cnn", "data=image_folder", f"data.root={root}", "trainer.epochs=1",
+            "trainer.progress=none", "trainer.threads=1", f"out_dir={tmp_path / 'runs'}"]
+
+
+def test_default_batch_above_a_small_folder_names_a_batch_size_that_fits(tmp_path):
+    """The default batch (128) on a 30-image folder: the fix offered is a number that works, not
+    'raise data.num_train' (a cap that cannot add images to a folder)."""
+    root = _photos(tmp_path / "photos", per_class=10)
+    runner = CliRunner()
+    r = runner.invoke(app, ["train", *_common(tmp_path, root)])
+    assert r.exit_code == 2, r.output
+    m = re.search(r"\((\d+) samples\): lower it, e.g. trainer.batch_size=(\d+)$", r.stderr.strip())
+    assert m, r.stderr
+    n_train, fits = int(m.group(1)), int(m.group(2))
+    assert n_train == 27  # 30 images, val_fraction 0.1 carves 3
+    assert fits == 8  # the largest power of two up to half the split: at least two steps an epoch
+    assert "num_train" not in r.stderr
+    assert not (tmp_path / "runs").exists()
+    # the suggestion, taken as written, trains
+    r = runner.invoke(app, ["train", *_common(tmp_path, root), f"trainer.batch_size={fits}"])
+    assert r.exit_code == 0, r.output
+
+
+def test_a_run_ends_saying_what_to_do_next_and_test_split_hint_fits_one_tree(tmp_path):
+    root = _photos(tmp_path / "photos", per_class=6)
+    runner = CliRunner()
+    r = runner.invoke(app, ["train", *_common(tmp_path, root), "trainer.batch_size=4"])
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.strip().splitlines()
+    run = lines[-3].split()[1]  # done: RUN  val/acc1=...
+    assert lines[-3].startswith("done: ") and Path(run, "checkpoints", "best.pt").is_file()
+    assert lines[-1].startswith("next: vaitrain eval RUN") and "vaitrain predict RUN" in lines[-1]
+    # a folder of <class>/ trees has no train/: the hint says to move them there, or use val
+    r = runner.invoke(app, ["eval", run, "--split", "test"])
+    assert r.exit_code == 2
+    assert "has no test split" in r.stderr and "under train/ first" in r.stderr and "--split val" in r.stderr
+    # doing what it says (classes under train/, a test/ beside it) gives a test split
+    for cls in COLOURS:
+        (root / "train").mkdir(exist_ok=True)
+        (root / cls).rename(root / "train" / cls)
+    _photos(root / "test", per_class=2)
+    r = runner.invoke(app, ["train", *_common(tmp_path, root), "trainer.batch_size=4", "trainer.test_at_end=true"])
+    assert r.exit_code == 0, r.output
+    run = r.stdout.strip().splitlines()[-3].split()[1]
+    r = runner.invoke(app, ["eval", run, "--split", "test", "--json"])
+    assert r.exit_code == 0, r.output
+    assert '"split": "test"' in r.stdout
+
+
+def _schema_classes():
+    for mod in pkgutil.iter_modules(vaitrain.schema.__path__):
+        module = importlib.import_module(f"vaitrain.schema.{mod.name}")
+        for obj in vars(module).values():
+            if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__module__ == module.__name__:
+                yield obj
+
+
+def test_options_docs_read_to_the_end_of_a_comment_continued_below_its_field():
+    """`vaitrain options` showed 'held out ... for validation (folders without val/,' and stopped:
+    a field's comment that goes on over the next comment lines is read whole."""
+    docs = _field_docs(vaitrain.schema.data.DataConfig)
+    assert docs["val_fraction"].endswith("their official test split stays the test split); seeded by data.seed")
+    assert docs["image_size"].endswith("folders default to 0: the images' own size when they share one)")
+    assert docs["normalize"] == "channel | pixel | none | imagenet (torchvision's mean/std)"  # its own line only
+    for cls in _schema_classes():
+        for key, doc in _field_docs(cls).items():
+            assert doc.count("(") == doc.count(")"), f"{cls.__name__}.{key}: {doc}"
+
+
+def test_options_shows_the_whole_doc(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    r = CliRunner().invoke(app, ["options", "data", "data=image_folder"])
+    assert r.exit_code == 0, r.output
+    flat = " ".join(r.stdout.replace("│", " ").split())
+    assert "seeded by data.seed" in flat
