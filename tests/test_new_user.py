@@ -106,3 +106,32 @@ def test_options_shows_the_whole_doc(monkeypatch):
     assert r.exit_code == 0, r.output
     flat = " ".join(r.stdout.replace("│", " ").split())
     assert "seeded by data.seed" in flat
+
+
+def _sideways_photo(path: Path, upright: np.ndarray) -> None:
+    """What a phone writes when held sideways: the pixels turned a quarter counter-clockwise, and
+    EXIF orientation 6 (turn them 90 degrees clockwise to show)."""
+    im = Image.fromarray(np.ascontiguousarray(np.rot90(upright, k=1)))
+    exif = im.getexif()
+    exif[0x0112] = 6
+    im.save(path, exif=exif)
+
+
+def test_photos_with_exif_orientation_are_read_as_shown(tmp_path):
+    """A sideways phone photo was read as stored: rotated against its folder-mates, and its size
+    (for 'images differ in size' and predict's mask size) was the stored one."""
+    from vaitrain.data.images import image_size_of, load_image
+
+    upright = np.zeros((16, 12, 3), np.uint8)  # 12 wide, 16 high: red top half, blue bottom half
+    upright[:8, :, 0] = 255
+    upright[8:, :, 2] = 255
+    _sideways_photo(tmp_path / "side.png", upright)
+    assert Image.open(tmp_path / "side.png").size == (16, 12)  # stored sideways
+    assert image_size_of(tmp_path / "side.png") == (12, 16)
+    got = load_image(tmp_path / "side.png", "RGB", 0).permute(1, 2, 0).numpy()
+    assert np.array_equal(got, upright)
+    # predict reads it the same way: its mask comes back at the size shown
+    from vaitrain.data.images import load_image_sized
+
+    x, hw = load_image_sized(tmp_path / "side.png", "RGB", 8)
+    assert hw == (16, 12) and tuple(x.shape) == (3, 8, 8)

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vaitrain.errors import DataError
 
@@ -149,12 +149,34 @@ def _gray_palette(im: Image.Image) -> bool:
     return bool((rgb[:, 0] == rgb[:, 1]).all() and (rgb[:, 1] == rgb[:, 2]).all())
 
 
+_ORIENTATION = 0x0112  # EXIF: how a camera held sideways says to turn its pixels (1 = upright)
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        return int(im.getexif().get(_ORIENTATION, 1))
+    except (OSError, SyntaxError, ValueError, TypeError):  # a malformed EXIF block: the pixels as stored
+        return 1
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    """The image as photo viewers show it: a phone photo taken sideways stores its pixels sideways
+    plus an EXIF orientation, and training on the stored pixels would see it rotated."""
+    if _orientation(im) not in range(2, 9):
+        return im
+    try:
+        return ImageOps.exif_transpose(im)
+    except (OSError, SyntaxError, ValueError, TypeError):
+        return im
+
+
 def image_size_of(path: Path) -> tuple[int, int]:
-    """(width, height) without decoding the pixels."""
+    """(width, height) as shown (EXIF orientation applied), without decoding the pixels."""
     try:
         with Image.open(path) as im:
             _check_pixels(im, path)
-            return im.size
+            w, h = im.size
+            return (h, w) if _orientation(im) in (5, 6, 7, 8) else (w, h)  # turned by 90 degrees
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise _too_large(path) from None
     except (OSError, SyntaxError, ValueError) as err:
@@ -233,12 +255,13 @@ def load_image(path: Path, mode: str, size: int, fit: Fit = SQUASH) -> torch.Ten
     """uint8 (C,H,W) of one image file in mode 'L' or 'RGB', brought to size x size (see Fit) when
     size > 0."""
     with _open(path) as im:
-        return _to_tensor(im, mode, size, fit, path)
+        return _to_tensor(_upright(im), mode, size, fit, path)
 
 
 def load_image_sized(path: Path, mode: str, size: int, fit: Fit = SQUASH) -> tuple[torch.Tensor, tuple[int, int]]:
     """load_image and the file's own (H, W), from one decode."""
     with _open(path) as im:
+        im = _upright(im)
         return _to_tensor(im, mode, size, fit, path), (im.size[1], im.size[0])
 
 
@@ -273,6 +296,7 @@ def load_pair(image: Path, mask: Path, mode: str, size: int, fit: Fit = SQUASH,
               valid: tuple[Sequence[int], str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """An image and its mask, the mask checked to have the image's size (and `valid` values) before resizing."""
     with _open(image) as im:
+        im = _upright(im)  # masks are drawn on the image as shown
         hw = (im.size[1], im.size[0])
         x = _to_tensor(im, mode, size, fit, image)
     return x, load_mask(mask, size, hw, image, fit, valid)
