@@ -159,6 +159,12 @@ def one_line_errors(fn: F) -> F:
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130)
+        except ImportError as err:
+            # a memory limit (ulimit -v) below what torch's libraries need to be mapped
+            if "failed to map segment" not in str(err) and "cannot allocate memory" not in str(err).lower():
+                raise
+            fail(f"cannot load a library into memory ({err}): the process's memory limit is too low for torch; "
+                 "raise it (ulimit -v) and run again")
         except (MemoryError, RuntimeError) as err:
             # train turns these into its own line (naming last.pt); eval, predict, export, models,
             # inspect and lab meet them here
@@ -596,6 +602,17 @@ def report(
 
 
 def main() -> None:
+    # how the process was started (closed or vanishing stdout/stderr, a deleted working directory,
+    # an undecodable command line, a garbage OMP_NUM_THREADS): settled before any command runs
+    from vaitrain.process_env import check_environment, guard_output_streams, open_std_fds
+
+    open_std_fds()
+    guard_output_streams()
+    try:
+        check_environment(sys.argv[1:])
+    except VaitrainError as err:
+        typer.echo(f"error: {one_line(str(err))}", err=True)
+        sys.exit(2)
     app()
 
 

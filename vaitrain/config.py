@@ -185,6 +185,11 @@ def _parse(overrides: Sequence[str]) -> list[Any]:
         try:
             parsed.extend(parser.parse_overrides([text]))
         except OverrideParseException:
+            key, eq, value = text.partition("=")
+            if eq and not value.isascii() and not value.startswith(("'", '"')):
+                # Hydra's grammar reads letters beyond ASCII (a path /data/bilder_ü) only quoted
+                raise ConfigError(f"malformed override '{text}': quote a value with non-ASCII characters, "
+                                  f"e.g. {key}='{value}'") from None
             raise ConfigError(
                 f"malformed override '{text}': write key=value (e.g. trainer.epochs=3) "
                 "or group=option (e.g. optim=adam)"

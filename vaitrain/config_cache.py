@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-FORMAT = 1  # bump when what an entry holds, or how it is rebuilt, changes
+FORMAT = 2  # bump when what an entry holds, or how it is rebuilt, changes
 CACHE_ENV = "VAITRAIN_CACHE_DIR"
 FOLDER = "compose"
 KEEP = 64  # entries kept; the oldest go when a new one is written
@@ -205,7 +205,8 @@ def _instance(cls: type, values: dict[str, Any]) -> Any:
 def _read(path: Path) -> DictConfig | None:
     try:
         entry = json.loads(path.read_text(encoding="utf-8"))
-        if entry.get("format") != FORMAT:
+        # an entry of another name copied in, or edited by hand, would be a silently wrong config
+        if entry.get("format") != FORMAT or entry.get("key") != path.stem or entry.get("digest") != _digest(entry):
             return None
         return _rebuild(entry)
     except Exception:  # absent, unreadable or not an entry of this vaitrain: composed again
@@ -215,8 +216,9 @@ def _read(path: Path) -> DictConfig | None:
 def _write(path: Path, cfg: DictConfig) -> None:
     """Keep cfg's selection, only if its rebuild is cfg node for node; never fails the run."""
     try:
-        entry = {"format": FORMAT, "schemas": _schema_names(cfg),
+        entry = {"format": FORMAT, "key": path.stem, "schemas": _schema_names(cfg),
                  "config": OmegaConf.to_container(cfg, resolve=False)}
+        entry["digest"] = _digest(entry)
         text = json.dumps(entry, allow_nan=True)
         if signature(_rebuild(json.loads(text))) != signature(cfg):
             return
@@ -227,6 +229,12 @@ def _write(path: Path, cfg: DictConfig) -> None:
         _prune(path.parent)
     except Exception:
         return
+
+
+def _digest(entry: dict[str, Any]) -> str:
+    """What the entry holds (its name, schemas and values), hashed: it must match on reading."""
+    content = json.dumps([entry.get("key"), entry.get("schemas"), entry.get("config")], sort_keys=True, allow_nan=True)
+    return hashlib.sha256(content.encode()).hexdigest()
 
 
 def _prune(folder: Path) -> None:

@@ -1,4 +1,4 @@
-"""SIGINT/SIGTERM during start-up (imports, composing, building the data and the model): one
+"""SIGINT/SIGTERM/SIGHUP during start-up (imports, composing, building the data and the model): one
 line and exit 128 + signal instead of Python's KeyboardInterrupt or the default signal death.
 
 Once the training loop runs, its own handler (engine/checkpointing.StopFlag) takes over: a
@@ -13,7 +13,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 from vaitrain.errors import Interrupted
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGHUP: the terminal or ssh session went away; the run stops as for SIGTERM (last.pt written)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @contextmanager
@@ -24,6 +25,8 @@ def handling(handler: Callable[[int, Any], None], signals: Sequence[int] = STOP_
         yield
         return
     old = {s: signal.getsignal(s) for s in signals}
+    # `nohup vaitrain ...` ignores SIGHUP on purpose: it stays ignored
+    signals = [s for s in signals if not (s == signal.SIGHUP and old[s] == signal.SIG_IGN)]
     for s in signals:
         signal.signal(s, handler)
     try:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -140,6 +141,12 @@ def _scan_classes(folder: Path, classes: list[str] | None, skipped: list[Path] |
     """Images and labels of folder/<class>/; classes=None: the training folder, which names the
     classes (each must hold an image: an empty one would be a class the model never sees)."""
     found = _subfolders(folder)
+    undecodable = next((c for c in found if any("\udc80" <= ch <= "\udcff" for ch in c)), None)
+    if undecodable is not None:  # bytes the locale's encoding cannot read (LC_ALL=C without UTF-8)
+        shown = undecodable.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        encoding = sys.getfilesystemencoding()
+        fix = "rename it" if encoding == "utf-8" else "run with a UTF-8 locale (e.g. LC_ALL=C.UTF-8) or rename it"
+        raise DataError(f"class folder '{shown}' in {folder} is not {encoding} text: {fix}")
     odd = next((c for c in found if not c.isprintable()), None)
     if odd is not None:  # a newline or a terminal escape would travel into every table and CSV of names
         raise DataError(f"class folder {str(folder / odd)!r} has a control character in its name: rename it")

@@ -1,0 +1,229 @@
+"""Hostile environments (not hostile arguments): how the process was started must not lose a run,
+print a traceback or give a silently wrong result. Subprocesses only where the environment is the
+process itself (its fds, working directory, locale, signals, memory limit)."""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from vaitrain.cli import app
+from vaitrain.errors import ConfigError
+
+VAITRAIN = [sys.executable, "-m", "vaitrain"]
+TINY = ["model=resnet20", "model.width_mult=0.25", "data.image_size=16", "data.num_train=64", "data.num_val=32",
+        "trainer.epochs=1", "trainer.threads=1", "trainer.progress=none", "trainer.batch_size=32"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env.update(extra)
+    return env
+
+
+def _only_run(out_dir: Path) -> Path:
+    runs = [p.parent for p in out_dir.rglob("config.yaml")]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def _epochs(run: Path) -> list[int]:
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return sorted({int(r["epoch"]) for r in lines if r.get("kind") == "epoch" or "val/loss" in r})
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("env-run")
+    r = subprocess.run([*VAITRAIN, "train", *TINY, f"out_dir={out}"], env=_env(), capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    return _only_run(out)
+
+
+def _dead_pipe() -> int:
+    """The write end of a pipe whose reader already exited (`| head -1` after its line)."""
+    read, write = os.pipe()
+    os.close(read)
+    return write
+
+
+def test_reader_gone_mid_training_still_finishes_the_run(tmp_path):
+    # `vaitrain train ... 2>&1 | head -1`: before, the first progress line after the reader left
+    # raised BrokenPipeError; the run died (exit 1, no message) with no checkpoint of its last epoch
+    dead = _dead_pipe()
+    r = subprocess.run([*VAITRAIN, "train", *TINY, "trainer.epochs=2", "trainer.progress=plain",
+                        f"out_dir={tmp_path}"], env=_env(), stdout=dead, stderr=dead, timeout=120)
+    os.close(dead)
+    assert r.returncode == 0
+    run = _only_run(tmp_path)
+    assert (run / "checkpoints" / "last.pt").is_file()
+    final = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert final.get("status", "completed") == "completed" and final.get("epoch") == 2, final
+
+
+def test_reader_gone_for_a_listing_is_quiet(tmp_path):
+    dead = _dead_pipe()
+    err = tmp_path / "err"
+    with err.open("w") as e:
+        r = subprocess.run([*VAITRAIN, "options"], env=_env(), stdout=dead, stderr=e, timeout=60)
+    os.close(dead)
+    assert r.returncode == 0
+    assert err.read_text() == ""  # no "Exception ignored ... BrokenPipeError", no traceback
+
+
+def test_closed_stdout_and_stderr(tiny_run):
+    # `vaitrain eval RUN >&- 2>&-`: before, exit 1 (a write to the missing stderr); and a file opened
+    # by vaitrain could have become fd 1/2 and received the output
+    def close_out() -> None:
+        os.close(1)
+        os.close(2)
+
+    before = sorted(p.name for p in tiny_run.iterdir())
+    r = subprocess.run([*VAITRAIN, "eval", str(tiny_run)], env=_env(), preexec_fn=close_out, timeout=120)
+    assert r.returncode == 0
+    assert sorted(p.name for p in tiny_run.iterdir()) == before
+
+
+def test_deleted_working_directory(tmp_path, tiny_run):
+    # before: "Intel oneMKL FATAL ERROR: Cannot load libtorch_cpu.so" from inside torch's import
+    gone = tmp_path / "gone"
+    gone.mkdir()
+
+    def enter_and_delete() -> None:
+        os.chdir(gone)
+        os.rmdir(gone)
+
+    r = subprocess.run([*VAITRAIN, "compare-runs", str(tiny_run)], env=_env(), preexec_fn=enter_and_delete,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "error: the working directory no longer exists (deleted while this shell was in it): "
+        "cd to an existing folder and run again"]
+
+
+@pytest.mark.parametrize("value,ok", [("abc", False), ("0", False), ("-2", False), ("1.5", False),
+                                      ("2", True), (" 4 ", True), ("4,2", True), ("", True)])
+def test_omp_num_threads_checked(monkeypatch, value, ok):
+    # before: libgomp's "Invalid value for environment variable OMP_NUM_THREADS" and the run went on
+    from vaitrain.process_env import check_environment
+
+    monkeypatch.setenv("OMP_NUM_THREADS", value)
+    if ok:
+        check_environment([])
+    else:
+        with pytest.raises(ConfigError, match="OMP_NUM_THREADS=.*unset it or set e.g. OMP_NUM_THREADS=1"):
+            check_environment([])
+
+
+def test_command_line_the_locale_cannot_decode(tmp_path):
+    # an ASCII locale without UTF-8 coercion: 'dåta' arrives as surrogates; before, a later check
+    # called the folder name "a control character" and showed \udcc3\udca5
+    env = _env(LC_ALL="POSIX", LANG="POSIX", PYTHONCOERCECLOCALE="0", PYTHONUTF8="0")
+    r = subprocess.run([*VAITRAIN, "config", "data=image_folder", "data.root='/tmp/d\u00e5ta'".encode()],
+                       env=env, capture_output=True, timeout=60)
+    assert r.returncode == 2
+    lines = r.stderr.decode("utf-8", "replace").strip().splitlines()
+    assert len(lines) == 1 and "not text in this locale's encoding (ascii)" in lines[0]
+    assert "LC_ALL=C.UTF-8" in lines[0]
+
+
+def test_unquoted_non_ascii_value_says_quote_it():
+    r = CliRunner().invoke(app, ["config", "data=image_folder", "data.root=/data/bilder_\u00fc"])
+    assert r.exit_code == 2
+    assert "quote a value with non-ASCII characters, e.g. data.root='/data/bilder_\u00fc'" in r.output
+    ok = CliRunner().invoke(app, ["config", "data=image_folder", "data.root='/data/bilder_\u00fc'"])
+    assert ok.exit_code == 0 and "/data/bilder_\u00fc" in ok.output
+
+
+def test_class_folder_name_not_in_the_file_system_encoding(tmp_path, one_thread):
+    from PIL import Image
+
+    root = tmp_path / "data"
+    for name in (b"kreis", b"q\xe9"):  # latin-1 bytes: not UTF-8
+        folder = os.path.join(os.fsencode(root), name)
+        os.makedirs(folder)
+        for i in range(4):
+            Image.new("RGB", (16, 16), (i * 40, 0, 0)).save(os.fsdecode(os.path.join(folder, b"%d.png" % i)))
+    r = CliRunner().invoke(app, ["train", *TINY, "data=image_folder", f"data.root={root}", "data.num_train=4",
+                                 "data.num_val=2", "trainer.batch_size=2", f"out_dir={tmp_path / 'runs'}"])
+    assert r.exit_code == 2
+    assert f"error: class folder 'q\\xe9' in {root}" in r.output and "is not utf-8 text: rename it" in r.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_foreign_or_edited_cache_entry_is_not_used(tmp_path, monkeypatch):
+    # before: a compose-cache entry edited by hand (or another entry copied under its name) was
+    # rebuilt as is: optim.lr=123.0 with nothing on the command line asking for it
+    from vaitrain.config import compose
+
+    monkeypatch.setenv("VAITRAIN_CACHE_DIR", "")
+    expected = compose(["optim=adam"]).optim.lr  # Hydra's own composition: no cache
+    monkeypatch.setenv("VAITRAIN_CACHE_DIR", str(tmp_path))
+    assert compose(["optim=adam"]).optim.lr == expected
+    [entry] = list(tmp_path.rglob("*.json"))
+    data = json.loads(entry.read_text())
+    data["config"]["optim"]["lr"] = 123.0
+    entry.write_text(json.dumps(data))
+    assert compose(["optim=adam"]).optim.lr == expected
+    other = json.loads(entry.read_text())  # the rewritten entry; now copied under another name
+    compose(["optim=sgd"])
+    sgd_entry = next(p for p in tmp_path.rglob("*.json") if p != entry)
+    sgd_entry.write_text(json.dumps(other))  # adam's values where sgd's are looked up
+    assert compose(["optim=sgd"]).optim.name == "sgd"
+    for bad in ("{", "[1, 2]", "null", '{"format": 2}'):
+        entry.write_text(bad)
+        assert compose(["optim=adam"]).optim.lr == expected
+
+
+def test_sighup_during_training_stops_and_writes_last_pt(tmp_path):
+    # the terminal or ssh session went away: before, the default SIGHUP death (no last.pt of the
+    # current epoch, a run that looked "in progress" forever)
+    proc = subprocess.Popen([*VAITRAIN, "train", *TINY, "trainer.epochs=500", f"out_dir={tmp_path}"], env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        metrics = list(tmp_path.rglob("metrics.jsonl"))
+        if metrics and '"epoch": 2' in metrics[0].read_text():
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGHUP, err
+    assert "stopped after epoch" in err and "resume=" in err
+    run = _only_run(tmp_path)
+    assert (run / "checkpoints" / "last.pt").is_file()
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1]).get("status") == "stopped"
+
+
+def test_nohup_keeps_sighup_ignored():
+    from vaitrain.interrupts import handling
+
+    old = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with handling(lambda *_: None):
+            assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) != signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGHUP, old)
+
+
+def test_memory_limit_too_low_for_torch(tiny_run):
+    # `ulimit -v 400000`: before, ImportError's traceback from torch/__init__.py
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (400 * 2**20, 400 * 2**20))
+
+    r = subprocess.run([*VAITRAIN, "compare-runs", str(tiny_run)], env=_env(), preexec_fn=limit,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith("error: cannot load a library into memory") and "ulimit -v" in line

@@ -1,0 +1,91 @@
+"""The process the CLI starts in: standard streams, working directory, locale, OpenMP variable.
+
+A run must not die (or half-write its run directory) because of how it was started: a closed
+stdout/stderr, a reader that went away (`vaitrain train ... | head -1`), a deleted working
+directory, a command line the locale cannot decode. Checks raise vaitrain.errors.*; cli.main
+prints them. Torch-free: this runs before anything heavy is imported.
+"""
+from __future__ import annotations
+
+import errno
+import io
+import os
+import re
+import sys
+from typing import Any, Sequence
+
+from vaitrain.errors import ConfigError, RunDirError
+
+_OMP_THREADS = re.compile(r"\s*[1-9][0-9]*\s*(,\s*[1-9][0-9]*\s*)*")  # libgomp's list form: 4 or 4,2
+
+
+def open_std_fds() -> None:
+    """Closed fds 0/1/2 (`vaitrain train >&-`) reopened on /dev/null: otherwise the first file
+    vaitrain opens would get fd 1 or 2 and every print, or torch's C++ warnings, would land in it."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            new = os.open(os.devnull, os.O_RDWR)
+            if new != fd:
+                os.dup2(new, fd)
+                os.close(new)
+    for name, fd, mode in (("stdin", 0, "r"), ("stdout", 1, "w"), ("stderr", 2, "w")):
+        if getattr(sys, name) is None:  # Python found the fd closed at start-up
+            setattr(sys, name, open(fd, mode, closefd=False, encoding="utf-8", errors="backslashreplace"))
+
+
+class _ReaderGoneFile(io.FileIO):
+    """fd 1 or 2 that outlives its reader: once a pipe's reader exits (`| head -1`) or the terminal
+    hangs up, writes go to
+    /dev/null instead of raising BrokenPipeError into the middle of training or a report. The work
+    finishes and is recorded in the run directory; only the human-readable lines are lost.
+    (Guarded at the bytes level: click and rich write to sys.stdout.buffer as well.)"""
+
+    def write(self, data: Any) -> int:
+        try:
+            return super().write(data)
+        except OSError as err:
+            if err.errno not in (errno.EPIPE, errno.EIO):  # EIO: the terminal hung up (ssh dropped)
+                raise
+            null = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(null, self.fileno())
+            finally:
+                os.close(null)
+            return memoryview(data).nbytes
+
+
+def guard_output_streams() -> None:
+    """sys.stdout/sys.stderr rebuilt on _ReaderGoneFile, with their encoding and buffering."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        try:
+            fd = stream.fileno()
+            encoding, errors, line_buffering = stream.encoding, stream.errors, stream.line_buffering
+            stream.flush()
+        except (AttributeError, OSError, ValueError):  # an in-memory stream (a test's capture): as it is
+            continue
+        raw = _ReaderGoneFile(fd, "w", closefd=False)
+        setattr(sys, name, io.TextIOWrapper(io.BufferedWriter(raw), encoding=encoding, errors=errors,
+                                            line_buffering=line_buffering or name == "stderr",
+                                            write_through=name == "stderr"))
+
+
+def check_environment(argv: Sequence[str]) -> None:
+    """Refuse, in one line, what would otherwise fail later with a foreign message or a wrong result."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        raise RunDirError("the working directory no longer exists (deleted while this shell was in it): "
+                          "cd to an existing folder and run again") from None
+    undecodable = next((a for a in argv if any("\udc80" <= c <= "\udcff" for c in a)), None)
+    if undecodable is not None:
+        shown = undecodable.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise ConfigError(f"argument {shown!r} is not text in this locale's encoding "
+                          f"({sys.getfilesystemencoding()}): run with a UTF-8 locale, e.g. LC_ALL=C.UTF-8")
+    omp = os.environ.get("OMP_NUM_THREADS")
+    if omp is not None and omp.strip() and not _OMP_THREADS.fullmatch(omp):
+        raise ConfigError(f"OMP_NUM_THREADS={omp!r} is not a positive whole number (OpenMP would ignore it "
+                          "with a warning): unset it or set e.g. OMP_NUM_THREADS=1; trainer.threads sets "
+                          "vaitrain's own thread count")
