@@ -135,3 +135,31 @@ def test_photos_with_exif_orientation_are_read_as_shown(tmp_path):
 
     x, hw = load_image_sized(tmp_path / "side.png", "RGB", 8)
     assert hw == (16, 12) and tuple(x.shape) == (3, 8, 8)
+
+
+def test_a_run_too_short_for_batch_norm_statistics_says_so(tmp_path):
+    """40 photos, batch 16, a few epochs: train/loss near 0 while val/acc1 sat at 0.67 (eval-mode batch
+    norm still mostly its initial statistics). The run says so at the start, with the step count."""
+    root = _photos(tmp_path / "photos", per_class=6)  # 18 images: 2 carved for validation, 16 train
+    runner = CliRunner()
+    r = runner.invoke(app, ["train", *_common(tmp_path, root), "trainer.batch_size=4", "trainer.progress=plain"])
+    assert r.exit_code == 0, r.output
+    # 16 / 4 = 4 steps in one epoch; 0.9 ** 4 = 0.656 of the initial statistics left
+    assert "note: 4 optimizer steps in all: batch norm's running statistics, which validation uses, will still " \
+           "be 66% their initial values" in r.stdout
+    r = runner.invoke(app, ["train", *_common(tmp_path, root), "trainer.batch_size=4", "trainer.progress=plain",
+                            "norm=none"])
+    assert r.exit_code == 0, r.output
+    assert "optimizer steps in all" not in r.stdout  # no batch norm, nothing lags
+
+
+def test_few_steps_note_counts_only_batch_norms_that_train():
+    from torch import nn
+
+    from vaitrain.engine.few_steps import few_steps_note
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    assert few_steps_note(net, 29) is not None and few_steps_note(net, 30) is None  # 0.9 ** 30 < 5 %
+    net[1].requires_grad_(False)  # model.freeze: its statistics are not updated either
+    assert few_steps_note(net, 1) is None
+    assert few_steps_note(nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4)), 1) is None

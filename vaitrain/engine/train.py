@@ -31,6 +31,7 @@ from vaitrain.engine.resume import plan_resume, record_resume
 from vaitrain.engine.records import EPOCH_TIME, LR, THROUGHPUT, TRAIN_LOSS, Records, start_summary
 from vaitrain.data.info import describe
 from vaitrain.engine.start import write_start_record
+from vaitrain.engine.few_steps import few_steps_note
 from vaitrain.engine.threads import oversubscription_hint
 from vaitrain.engine.step import MIN_LOSS_SCALE, OptimizerStep, check_finite, mean_over_ranks
 from vaitrain.track import rundir
@@ -255,6 +256,10 @@ class Trainer:
             progress.line(hint)
         for note in self.parts.data.notes:
             progress.line(note)
+        steps = len(self.parts.data.train) // max(1, int(self.cfg.trainer.grad_accum)) * int(self.cfg.trainer.epochs)
+        short = few_steps_note(self.model, steps) if self.resume_state is None else None
+        if short:
+            progress.line(short)
         if (str(self.cfg.model.get("freeze", "none")) == "backbone" and self.resume_state is None
                 and not str(self.cfg.model.get("weights") or "") and not self.cfg.get("init_from")):
             progress.line("note: model.freeze=backbone without model.weights or init_from: the backbone keeps its "
