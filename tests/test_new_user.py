@@ -163,3 +163,27 @@ def test_few_steps_note_counts_only_batch_norms_that_train():
     net[1].requires_grad_(False)  # model.freeze: its statistics are not updated either
     assert few_steps_note(net, 1) is None
     assert few_steps_note(nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4)), 1) is None
+
+
+def test_photos_of_mixed_sizes_are_told_a_size_that_works(tmp_path):
+    """'set data.image_size=N' named no N; the one offered (the shortest side seen, down to a
+    multiple of 16) trains as written. Same-size but non-square photos read 'the images is'."""
+    root = tmp_path / "photos"
+    sizes = [(37, 50), (45, 60), (50, 37)]  # width x height
+    for cls, colour in COLOURS.items():
+        (root / cls).mkdir(parents=True)
+        for i in range(4):
+            w, h = sizes[i % 3] if cls == "red" else (45, 60)
+            Image.fromarray(np.full((h, w, 3), colour, np.uint8)).save(root / cls / f"{i}.png")
+    runner = CliRunner()
+    r = runner.invoke(app, ["train", *_common(tmp_path, root), "trainer.batch_size=4"])
+    assert r.exit_code == 2 and "images differ in size" in r.stderr
+    m = re.search(r"e\.g\. data\.image_size=(\d+)$", r.stderr.strip())
+    assert m and int(m.group(1)) == 32, r.stderr  # short sides 45 and 37 (or 50 x 37): 37 -> 32
+    r = runner.invoke(app, ["train", *_common(tmp_path, root), "trainer.batch_size=4", f"data.image_size={m.group(1)}"])
+    assert r.exit_code == 0, r.output
+    for f in (root / "red").iterdir():  # all 45 x 60 now: not square
+        Image.fromarray(np.full((60, 45, 3), COLOURS["red"], np.uint8)).save(f)
+    r = runner.invoke(app, ["train", *_common(tmp_path, root), "trainer.batch_size=4"])
+    assert r.exit_code == 2
+    assert "the images are 45x60, not square" in r.stderr and "e.g. data.image_size=32" in r.stderr, r.stderr

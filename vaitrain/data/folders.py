@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 
 from vaitrain.data.base import Source, TensorSplit, derive_seed, register, resident_mode, subset_indices
 from vaitrain.data.images import (Fit, check_mask_ids, dataset_mode, fit_of, image_size_of, load_image, load_pair,
-                                  parallel_map, scan_images, skipped_note, stack)
+                                  parallel_map, resize_hint, scan_images, skipped_note, stack)
 from vaitrain.errors import DataError
 
 _VAL_DIRS = ("val", "valid", "validation")
@@ -118,7 +118,7 @@ class FileDataset(Dataset):
         if self.shape is not None and tuple(x.shape) != self.shape:
             raise DataError(
                 f"images differ in size ({self.paths[0]} is {self.shape[2]}x{self.shape[1]}, {self.paths[i]} is "
-                f"{x.shape[2]}x{x.shape[1]}): set data.image_size=N to resize them all"
+                f"{x.shape[2]}x{x.shape[1]}): {resize_hint(self.shape, x.shape)}"
             )
         return x, y
 
@@ -271,8 +271,8 @@ def _size_of(split: Any, size: int) -> int:
         return size
     h, w = split.images.shape[-2:] if isinstance(split, TensorSplit) else split.shape[-2:]
     if h != w:
-        first = split.paths[0] if isinstance(split, FileDataset) else "the images"
-        raise DataError(f"{first} is {w}x{h}, not square: set data.image_size=N to resize the images to N x N")
+        first = f"{split.paths[0]} is" if isinstance(split, FileDataset) else "the images are"
+        raise DataError(f"{first} {w}x{h}, not square: {resize_hint((h, w))}")
     return int(h)
 
 

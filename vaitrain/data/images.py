@@ -320,9 +320,17 @@ def stack(items: Sequence[torch.Tensor], paths: Sequence[Path], what: str = "ima
         if t.shape != first:
             raise DataError(
                 f"{what} differ in size ({paths[0]} is {tuple(first)[-1]}x{tuple(first)[-2]}, {p} is "
-                f"{tuple(t.shape)[-1]}x{tuple(t.shape)[-2]}): set data.image_size=N to resize them all"
+                f"{tuple(t.shape)[-1]}x{tuple(t.shape)[-2]}): {resize_hint(first, t.shape)}"
             )
     return torch.stack(list(items))
+
+
+def resize_hint(*shapes: Sequence[int]) -> str:
+    """The fix for images of different sizes, with a side that fits: the shortest side seen, down
+    to a multiple of 16 (what a U-Net of depth 4 needs), so no image is enlarged."""
+    side = min(min(int(s[-1]), int(s[-2])) for s in shapes)
+    side = side - side % 16 if side >= 16 else side
+    return f"set data.image_size=N to resize them all to N x N, e.g. data.image_size={side}"
 
 
 def check_mask_ids(masks: Sequence[torch.Tensor], paths: Sequence[Path], valid: Sequence[int], hint: str) -> None:
