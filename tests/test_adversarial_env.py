@@ -227,3 +227,21 @@ def test_memory_limit_too_low_for_torch(tiny_run):
     assert r.returncode == 2, r.stderr
     [line] = r.stderr.strip().splitlines()
     assert line.startswith("error: cannot load a library into memory") and "ulimit -v" in line
+
+
+@pytest.mark.parametrize("command,expected", [
+    (["export", "{run}", "--format", "torchscript", "--out", "m.pt"], "choose a writable folder for --out"),
+    (["report", "{run}"], "choose a writable folder for --out"),
+    (["lab", "init", "--size", "tiny"], "choose a writable folder with --out-dir DIR"),
+    (["train", "model=resnet20"], "choose a writable folder with out_dir=DIR"),
+])
+def test_working_directory_not_writable(monkeypatch, tiny_run, command, expected):
+    # the defaults (runs/, report.html, a bare --out m.pt) are relative: a working directory nothing
+    # can be written in (/proc here; a read-only mount for a user). Before, export showed
+    # tempfile's FileNotFoundError traceback and lab named train's out_dir=DIR
+    monkeypatch.chdir("/proc")
+    r = CliRunner().invoke(app, [a.format(run=tiny_run) for a in command])
+    assert r.exit_code == 2, r.output
+    [line] = r.output.strip().splitlines()
+    assert line.startswith("error: ") and line.endswith(expected), line
+    assert not list(Path("/proc").glob(".m.pt.*"))

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vaitrain.errors import ConfigError, VaitrainError
+from vaitrain.errors import ConfigError, RunDirError, VaitrainError
 
 FORMATS = ("onnx", "torchscript")
 TOLERANCE = 1e-4
@@ -92,7 +92,11 @@ def export_run(run_dir: Path, fmt: str, out: Path, *, checkpoint: str = "best", 
         example, check = _normalized(example, trained.stats), _normalized(check, trained.stats)
     with torch.no_grad():
         expected = model(check).float()
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    except OSError as err:  # a read-only or special folder (the working directory for a bare --out m.pt)
+        raise RunDirError(f"--out {out}: cannot write in {out.parent.resolve()} ({err.strerror}); "
+                          "choose a writable folder for --out") from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:

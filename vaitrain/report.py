@@ -332,4 +332,5 @@ def write_page(out: Path, text: str) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out, text)
     except OSError as err:
-        raise VaitrainError(f"cannot write the report '{out}': {err.strerror or err}") from None
+        raise VaitrainError(f"cannot write the report '{out}': {err.strerror or err}; "
+                            "choose a writable folder for --out") from None

@@ -86,7 +86,7 @@ def _lab_dir(out_dir: Path, topic: str, resume: Path | None) -> Path:
         if doc.get("topic") != topic:
             raise RunDirError(f"'{resume}' holds the lab topic '{doc.get('topic')}', not '{topic}'")
         return Path(resume)
-    check_writable(Path(out_dir))
+    check_writable(Path(out_dir), "--out-dir DIR")
     now = _dt.datetime.now()
     return create_unique_dir(Path(out_dir) / now.strftime("%Y-%m-%d"), f"{now.strftime('%H-%M-%S')}-lab-{topic}", "lab")
 

@@ -48,8 +48,9 @@ def check_output(option: str, *paths: Path) -> None:
                                   "the run's own files")
 
 
-def check_writable(out_dir: Path) -> None:
-    """Fail with one line, before any work, if runs cannot be written under out_dir."""
+def check_writable(out_dir: Path, option: str = "out_dir=DIR") -> None:
+    """Fail with one line, before any work, if runs cannot be written under out_dir (`option`: how
+    the command names it, e.g. `--out-dir DIR` for vaitrain lab)."""
     out_dir = Path(out_dir)
     made = [d for d in (out_dir, *out_dir.parents) if not d.exists()]  # deepest first
     try:
@@ -65,7 +66,7 @@ def check_writable(out_dir: Path) -> None:
                 pass
         raise RunDirError(
             f"cannot write runs under '{out_dir}' ({err.strerror or err}); "
-            "choose a writable folder with out_dir=DIR"
+            f"choose a writable folder with {option}"
         ) from None
 
 
