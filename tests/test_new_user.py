@@ -187,3 +187,23 @@ def test_photos_of_mixed_sizes_are_told_a_size_that_works(tmp_path):
     r = runner.invoke(app, ["train", *_common(tmp_path, root), "trainer.batch_size=4"])
     assert r.exit_code == 2
     assert "the images are 45x60, not square" in r.stderr and "e.g. data.image_size=32" in r.stderr, r.stderr
+
+
+def test_a_val_folder_missing_a_class_is_named(tmp_path):
+    """val/ held only some classes: val/acc1 1.0 said nothing about the others, without a word."""
+    root = tmp_path / "photos"
+    _photos(root / "train", per_class=4)
+    _photos(root / "val", per_class=1)
+    for cls in ("green", "red"):
+        for f in (root / "val" / cls).iterdir():
+            f.unlink()
+        (root / "val" / cls).rmdir()
+    r = CliRunner().invoke(app, ["train", *_common(tmp_path, root), "trainer.batch_size=4", "trainer.progress=plain"])
+    assert r.exit_code == 0, r.output
+    assert (f"note: validation holds no image of class green, red (2 of 3): val/* never scores them; "
+            f"add images to {root / 'val'}/<class>/") in r.stdout
+    one_tree = _photos(tmp_path / "tree", per_class=4)  # 12 images: val_fraction 0.1 carves 1
+    r = CliRunner().invoke(app, ["train", *_common(tmp_path, one_tree), "trainer.batch_size=4",
+                                 "trainer.progress=plain"])
+    assert r.exit_code == 0, r.output
+    assert "(2 of 3): val/* never scores them; raise data.val_fraction (or add a val/ folder)" in r.stdout

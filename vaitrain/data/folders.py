@@ -240,8 +240,23 @@ def build_image_folder(cfg: Any, task: str) -> Source:
 
     return Source(train=train, val=val, in_channels=channels, image_size=image_size,
                   num_classes=n_cls, class_names=classes + [str(k) for k in range(len(classes), n_cls)],
-                  notes=skipped_note(skipped, root) + _shrink_notes(tr[0][0], size) + _capped_notes(tr, classes, cfg),
+                  notes=skipped_note(skipped, root) + _shrink_notes(tr[0][0], size) + _capped_notes(tr, classes, cfg)
+                  + _unscored_notes(va, classes, val_dir),
                   test=test if test_dir is not None else None)
+
+
+def _unscored_notes(va: Sequence[tuple[Path, int]], classes: Sequence[str], val_dir: Path | None) -> list[str]:
+    """One line when validation holds no image of some class: val/acc1 (and best.pt) would never
+    score it, and a perfect number would say nothing about it."""
+    seen = {y for _, y in va}
+    missing = [c for i, c in enumerate(classes) if i not in seen]
+    if not missing:
+        return []
+    fix = (f"add images to {val_dir}/{missing[0] if len(missing) == 1 else '<class>'}/" if val_dir is not None
+           else "raise data.val_fraction (or add a val/ folder)")
+    shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    return [f"note: validation holds no image of class {shown} ({len(missing)} of {len(classes)}): val/* never "
+            f"scores {'it' if len(missing) == 1 else 'them'}; {fix}"]
 
 
 def _capped_notes(tr: Sequence[tuple[Path, int]], classes: Sequence[str], cfg: Any) -> list[str]:
