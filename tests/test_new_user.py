@@ -63,6 +63,13 @@ def test_a_run_ends_saying_what_to_do_next_and_test_split_hint_fits_one_tree(tmp
     run = lines[-3].split()[1]  # done: RUN  val/acc1=...
     assert lines[-3].startswith("done: ") and Path(run, "checkpoints", "best.pt").is_file()
     assert lines[-1].startswith("next: vaitrain eval RUN") and "vaitrain predict RUN" in lines[-1]
+    # predict on a folder says which files it left out, as training does
+    (root / "red" / "notes.txt").write_text("taken on a phone\n")
+    r = runner.invoke(app, ["predict", run, str(root / "red")])
+    assert r.exit_code == 0, r.output
+    assert len(r.stdout.strip().splitlines()) == 1 + 6  # the header and the 6 photos
+    assert "skipped 1 file(s) under" in r.stderr and "(.txt; e.g." in r.stderr and "notes.txt" in r.stderr
+    (root / "red" / "notes.txt").unlink()
     # a folder of <class>/ trees has no train/: the hint says to move them there, or use val
     r = runner.invoke(app, ["eval", run, "--split", "test"])
     assert r.exit_code == 2

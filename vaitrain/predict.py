@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from vaitrain.data.augment import normalize, normalizer
-from vaitrain.data.images import SQUASH, Fit, load_image_sized, parallel_map, scan_images
+from vaitrain.data.images import SQUASH, Fit, load_image_sized, parallel_map, scan_images, skipped_note
 from vaitrain.errors import ConfigError, DataError, RunDirError, VaitrainError
 from vaitrain.track.runs import printable
 
@@ -45,14 +45,17 @@ class PredictResult:
     notes: list[str] = field(default_factory=list)  # lines for the user (e.g. --topk above the classes)
 
 
-def expand_paths(args: Sequence[str]) -> list[Path]:
+def expand_paths(args: Sequence[str], notes: list[str] | None = None) -> list[Path]:
     """Files, folders (their images, recursively, sorted) and globs; a path that names nothing, or a
-    folder without images, is an error (nothing is predicted then)."""
+    folder without images, is an error (nothing is predicted then). `notes` gets a line per folder
+    naming the files left out for their extension (as training counts them)."""
     out: list[Path] = []
     for arg in args:
         p = Path(arg).expanduser()
         if p.is_dir():
-            found = scan_images(p, broken_ok=True)[0]  # hidden files left out; no recursion limit
+            found, others = scan_images(p, broken_ok=True)  # hidden files left out; no recursion limit
+            if notes is not None:
+                notes += skipped_note(others, p)
             if not found:
                 raise DataError(f"{p} holds no image files ({', '.join(('.png', '.jpg', '.jpeg', '...'))})")
             out += found
@@ -136,7 +139,8 @@ def predict(run_dir: Path, inputs: Sequence[str], *, checkpoint: str = "best", o
     """Run the model of `run_dir` on the files `inputs` name; see the module docstring."""
     from vaitrain.engine.trained import load_trained
 
-    paths = expand_paths(inputs)
+    left_out: list[str] = []
+    paths = expand_paths(inputs, left_out)
     if batch_size < 1 or (topk is not None and topk < 1):
         raise ConfigError("--batch-size and --topk must be >= 1")
     trained = load_trained(run_dir, checkpoint, list(overrides), device)
@@ -145,7 +149,7 @@ def predict(run_dir: Path, inputs: Sequence[str], *, checkpoint: str = "best", o
         raise ConfigError(f"--overlay draws segmentation masks over the images; {run_dir} is a {task} run: drop --overlay")
     if topk is not None and task != "classification":
         raise ConfigError(f"--topk ranks classes; {run_dir} is a {task} run: drop --topk")
-    result = PredictResult(total=len(paths))
+    result = PredictResult(total=len(paths), notes=left_out)
     classes = int(getattr(trained.task, "num_classes", 0) or 0)
     if topk is not None and task == "classification" and topk > classes:
         result.notes.append(f"--topk {topk}: the model knows {classes} classes, so each row lists {classes}")
