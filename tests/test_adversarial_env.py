@@ -231,7 +231,7 @@ def test_memory_limit_too_low_for_torch(tiny_run):
 
 @pytest.mark.parametrize("command,expected", [
     (["export", "{run}", "--format", "torchscript", "--out", "m.pt"], "choose a writable folder for --out"),
-    (["report", "{run}"], "choose a writable folder for --out"),
+    (["report", "{run}"], "free space there or choose another folder with --out"),
     (["lab", "init", "--size", "tiny"], "choose a writable folder with --out-dir DIR"),
     (["train", "model=resnet20"], "choose a writable folder with out_dir=DIR"),
 ])
@@ -245,3 +245,18 @@ def test_working_directory_not_writable(monkeypatch, tiny_run, command, expected
     [line] = r.output.strip().splitlines()
     assert line.startswith("error: ") and line.endswith(expected), line
     assert not list(Path("/proc").glob(".m.pt.*"))
+
+
+def test_export_onto_a_full_disk_leaves_nothing(tmp_path, tiny_run):
+    # RLIMIT_FSIZE stands in for a full disk (writes past it fail, as with ENOSPC). Before: torch.jit.save
+    # to a path aborted the whole process (C++ abort, exit 134) and left .m.pt.*.tmp behind
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    out = tmp_path / "m.pt"
+    r = subprocess.run([*VAITRAIN, "export", str(tiny_run), "--format", "torchscript", "--out", str(out)],
+                       env=_env(), preexec_fn=small_files, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"error: cannot write {out} (File too large): free space there or choose another --out"]
+    assert list(tmp_path.iterdir()) == []

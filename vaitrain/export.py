@@ -112,13 +112,16 @@ def export_run(run_dir: Path, fmt: str, out: Path, *, checkpoint: str = "best", 
             raise ExportError(f"the exported {fmt} model differs from PyTorch by {diff:.3g} (max abs) on a batch of "
                               f"{CHECK_BATCH}, over the tolerance {tolerance:g}: not written")
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would keep the file from everyone else
+        sidecar = out.with_name(out.name + ".json")
+        from vaitrain.track.files import write_text_atomic
+
+        # the description first: a full disk leaves neither file rather than a model without one
+        write_text_atomic(sidecar, json.dumps(_describe(trained, fmt, include_normalization, (c, s)), indent=2) + "\n")
         os.replace(tmp, out)
+    except OSError as err:
+        raise RunDirError(f"cannot write {out} ({err.strerror or err}): free space there or choose another --out") from None
     finally:
         tmp.unlink(missing_ok=True)
-    sidecar = out.with_name(out.name + ".json")
-    from vaitrain.track.files import write_text_atomic
-
-    write_text_atomic(sidecar, json.dumps(_describe(trained, fmt, include_normalization, (c, s)), indent=2) + "\n")
     return ExportResult(out, sidecar, fmt, diff, checked_with, seconds, (c, s, s))
 
 
@@ -140,10 +143,13 @@ def _torchscript(model: nn.Module, example: Tensor, path: Path) -> None:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             traced = torch.jit.trace(model, example, check_trace=False)
-            torch.jit.save(traced, str(path))
+            archive = io.BytesIO()
+            torch.jit.save(traced, archive)
     except Exception as err:
         raise ExportError(f"{type(_inner(model)).__name__} cannot be exported to TorchScript (torch.jit.trace: "
                           f"{_first(err)}); try --format onnx") from None
+    # written by Python: torch.jit.save to a path on a full disk aborts the whole process (C++ abort)
+    path.write_bytes(archive.getvalue())
 
 
 def _onnx(model: nn.Module, example: Tensor, path: Path) -> None:

@@ -327,10 +327,10 @@ def build_report(paths: Sequence[str | Path], out: Path | str, *, title: str = "
     return ReportResult(out, runs, comp, warnings)
 
 
-def write_page(out: Path, text: str) -> None:
+def write_page(out: Path, text: str, option: str = "--out") -> None:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out, text)
     except OSError as err:
         raise VaitrainError(f"cannot write the report '{out}': {err.strerror or err}; "
-                            "choose a writable folder for --out") from None
+                            f"free space there or choose another folder with {option}") from None

@@ -175,7 +175,7 @@ def write_lab_report(topic: Topic, outcome: Outcome, ctx: LabContext, out: Path,
         from vaitrain.compare import compare
 
         sections += rep.run_sections(runs, compare(runs))
-    rep.write_page(out, rep.page(title, sections, intro))
+    rep.write_page(out, rep.page(title, sections, intro), "--out-dir")
 
 
 __all__ = ["TOPICS", "LabResult", "run_topic", "get_topic", "topic_names", "read_lab", "LAB_FILE", "REPORT_FILE"]
