@@ -214,3 +214,25 @@ def test_a_val_folder_missing_a_class_is_named(tmp_path):
                                  "trainer.progress=plain"])
     assert r.exit_code == 0, r.output
     assert "(2 of 3): val/* never scores them; raise data.val_fraction (or add a val/ folder)" in r.stdout
+
+
+def test_a_csv_with_a_text_column_beside_the_targets_names_data_target_columns(tmp_path):
+    """A user's CSV (filename, redness, note): 'note is not a number' did not say that every column
+    but the path is a target by default, nor how to pick the targets."""
+    (tmp_path / "img").mkdir()
+    lines = ["filename,redness,note"]
+    for i in range(12):
+        Image.fromarray(np.full((8, 8, 3), (20 * i, 80, 80), np.uint8)).save(tmp_path / "img" / f"{i}.png")
+        lines.append(f"img/{i}.png,{i / 11:.3f},taken outside")
+    (tmp_path / "labels.csv").write_text("\r\n".join(lines) + "\r\n")
+    common = ["model=plain_cnn", "task=regression", "data=csv_regression", f"data.root={tmp_path / 'labels.csv'}",
+              "data.image_size=8", "trainer.batch_size=4", "trainer.epochs=1", "trainer.progress=none",
+              "trainer.threads=1", f"out_dir={tmp_path / 'runs'}"]
+    runner = CliRunner()
+    r = runner.invoke(app, ["train", *common])
+    assert r.exit_code == 2
+    m = re.search(r"column 'note' value 'taken outside' is not a number; .* e\.g\. '(data\.target_columns=\[redness\])'$",
+                  r.stderr.strip())
+    assert m, r.stderr
+    r = runner.invoke(app, ["train", *common, m.group(1)])
+    assert r.exit_code == 0, r.output

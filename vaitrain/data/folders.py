@@ -494,8 +494,12 @@ def _read_csv(path: Path, target_columns: list[str]) -> tuple[list[Path], torch.
             numbers = [float(row[c]) for c in cols]
         except ValueError:
             bad = next(c for c in cols if not _is_float(row[c]))
-            comma = " (write decimals with a point)" if "," in row[bad] else ""
-            raise DataError(f"{path}:{line}: column '{header[bad]}' value '{row[bad]}' is not a number{comma}") from None
+            fix = " (write decimals with a point)" if "," in row[bad] else ""
+            numeric = [header[c] for c in cols if c != bad and _is_float(row[c])]
+            if not target_columns and numeric and not fix:  # e.g. a notes or id column beside the targets
+                fix = (f"; every column but the path is a target unless data.target_columns names them, "
+                       f"e.g. 'data.target_columns=[{','.join(numeric)}]'")
+            raise DataError(f"{path}:{line}: column '{header[bad]}' value '{row[bad]}' is not a number{fix}") from None
         for c, v in zip(cols, numbers):  # nan, inf, 1e999: a loss that is NaN from the first step
             if not math.isfinite(v):
                 raise DataError(f"{path}:{line}: column '{header[c]}' value '{row[c].strip()}' is not a finite "
