@@ -236,3 +236,24 @@ def test_a_csv_with_a_text_column_beside_the_targets_names_data_target_columns(t
     assert m, r.stderr
     r = runner.invoke(app, ["train", *common, m.group(1)])
     assert r.exit_code == 0, r.output
+
+
+def test_eval_from_another_folder_says_data_root_is_relative(tmp_path, monkeypatch):
+    """Trained with data.root=photos in one folder, evaluated from another: 'data.root=photos does
+    not exist' did not say why, nor that eval takes data.root=PATH (which then works)."""
+    _photos(tmp_path / "photos", per_class=6)
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    r = runner.invoke(app, ["train", *_common(tmp_path, Path("photos")), "trainer.batch_size=4"])
+    assert r.exit_code == 0, r.output
+    run = str(Path(r.stdout.strip().splitlines()[-3].split()[1]).resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    r = runner.invoke(app, ["eval", run])
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert f"(data.root=photos is relative to the folder {run} was trained from" in r.stderr
+    assert f"vaitrain eval {run} data.root=PATH)" in r.stderr
+    r = runner.invoke(app, ["eval", run, f"data.root={tmp_path / 'photos'}", "--json"])
+    assert r.exit_code == 0, r.output
+    assert '"split": "val"' in r.stdout

@@ -12,7 +12,7 @@ from vaitrain.config import compose
 from vaitrain.engine.checkpoint import check_compatible, check_same_data, check_task, load_checkpoint
 from vaitrain.engine.components import build_components
 from vaitrain.engine.device import autocast, resolve_device, resolve_precision
-from vaitrain.errors import CheckpointError, ConfigError, RunDirError
+from vaitrain.errors import CheckpointError, ConfigError, DataError, RunDirError
 from vaitrain.track import rundir
 from vaitrain.track.runs import saved_overrides
 
@@ -125,7 +125,10 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", overrides: list[str] =
     cfg, path, state = load_run_checkpoint(run_dir, checkpoint, overrides)
     device = resolve_device(cfg.trainer.device)
     precision = resolve_precision(cfg.trainer.precision, device)
-    c = build_components(cfg, device, stats=state.get("data_stats"), test=split == "test")
+    try:
+        c = build_components(cfg, device, stats=state.get("data_stats"), test=split == "test")
+    except DataError as err:
+        raise _moved_root(err, cfg, run_dir) from None
     check_same_data(path, state, c.data)
     check_compatible(path, state, c.model, cfg.model.name, cfg.task.name)
     c.model.load_state_dict(state["model"])
@@ -152,6 +155,16 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", overrides: list[str] =
         "main_metric": f"{split}{'_ema' if 'ema' in state else ''}/{c.task.main_metric}",
         "per_class": per_class,
     }
+
+
+def _moved_root(err: DataError, cfg: DictConfig, run_dir: Path) -> DataError:
+    """A relative data.root is read from the folder the run started in: eval from another folder
+    finds nothing there, and the error alone does not say why or that eval takes data.root=."""
+    root = str(cfg.data.get("root") or "")
+    if not root or Path(root).is_absolute() or Path(root).expanduser().exists():
+        return err
+    return DataError(f"{err} (data.root={root} is relative to the folder {run_dir} was trained from: run eval "
+                     f"there, or give the data's path: vaitrain eval {run_dir} data.root=PATH)")
 
 
 def per_class_of(task: Any, meter: Any) -> list[dict[str, Any]]:
