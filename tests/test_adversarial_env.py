@@ -260,3 +260,19 @@ def test_export_onto_a_full_disk_leaves_nothing(tmp_path, tiny_run):
     assert r.stderr.strip().splitlines() == [
         f"error: cannot write {out} (File too large): free space there or choose another --out"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_unusable_home_and_cache_folders(tmp_path, tiny_run):
+    # HOME unwritable, XDG_* and VAITRAIN_CACHE_DIR naming a file: the compose cache and matplotlib's
+    # folders must never fail a run. Before: matplotlib's two-line "mkdir -p failed ... highly
+    # recommended to set MPLCONFIGDIR" notice on every report
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    env = _env(HOME="/proc", XDG_CACHE_HOME=str(a_file), XDG_CONFIG_HOME=str(a_file), VAITRAIN_CACHE_DIR=str(a_file))
+    env.pop("MPLCONFIGDIR", None)
+    out = tmp_path / "r.html"
+    r = subprocess.run([*VAITRAIN, "report", str(tiny_run), "--out", str(out)], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == "" and out.stat().st_size > 1000
+    assert a_file.read_text() == ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import io
+import logging
 import os
 import re
 import sys
@@ -70,6 +71,19 @@ def guard_output_streams() -> None:
         setattr(sys, name, io.TextIOWrapper(io.BufferedWriter(raw), encoding=encoding, errors=errors,
                                             line_buffering=line_buffering or name == "stderr",
                                             write_through=name == "stderr"))
+
+
+class _NoMatplotlibDirNotice(logging.Filter):
+    """matplotlib's two-line notice when HOME is unwritable or XDG_CACHE_HOME/XDG_CONFIG_HOME is a
+    file: it then uses a temporary folder on its own, so the run is fine; only the noise goes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.msg)
+        return not text.startswith(("mkdir -p failed for path", "Matplotlib created a temporary"))
+
+
+def quiet_matplotlib_dir_notice() -> None:
+    logging.getLogger("matplotlib").addFilter(_NoMatplotlibDirNotice())
 
 
 def check_environment(argv: Sequence[str]) -> None:
