@@ -257,3 +257,20 @@ def test_eval_from_another_folder_says_data_root_is_relative(tmp_path, monkeypat
     r = runner.invoke(app, ["eval", run, f"data.root={tmp_path / 'photos'}", "--json"])
     assert r.exit_code == 0, r.output
     assert '"split": "val"' in r.stdout
+
+
+def test_a_home_path_typed_in_the_shell_is_told_how_to_write_it(tmp_path, monkeypatch):
+    """bash leaves data.root=~/photos as typed (data.root is no variable name), and Hydra's grammar
+    refuses '~': the error said 'write key=value', which it was. Both fixes offered work."""
+    _photos(tmp_path / "photos", per_class=6)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    runner = CliRunner()
+    common = [*_common(tmp_path, Path("x")), "trainer.batch_size=4"]
+    common = [a for a in common if not a.startswith("data.root=")]
+    r = runner.invoke(app, ["train", *common, "data.root=~/photos"])
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert (f"Hydra's grammar reads '~' only in a quoted value: write the path out, data.root={tmp_path}/photos, "
+            "or quote it for the shell and Hydra, \"data.root='~/photos'\"") in r.stderr, r.stderr
+    for fix in (f"data.root={tmp_path}/photos", "data.root='~/photos'"):  # the second as the shell passes it on
+        r = runner.invoke(app, ["train", *common, fix])
+        assert r.exit_code == 0, (fix, r.output)

@@ -190,6 +190,12 @@ def _parse(overrides: Sequence[str]) -> list[Any]:
                 # Hydra's grammar reads letters beyond ASCII (a path /data/bilder_ü) only quoted
                 raise ConfigError(f"malformed override '{text}': quote a value with non-ASCII characters, "
                                   f"e.g. {key}='{value}'") from None
+            if eq and "~" in value and not value.startswith(("'", '"')):
+                # a shell leaves ~ alone after `key=` (no variable name has a dot); Hydra's grammar refuses it
+                home = str(Path(value).expanduser()) if value.startswith("~") else None
+                fix = f"write the path out, {key}={home}, or " if home and "~" not in home else ""
+                raise ConfigError(f"malformed override '{text}': Hydra's grammar reads '~' only in a quoted value: "
+                                  f"{fix}quote it for the shell and Hydra, \"{key}='{value}'\"") from None
             raise ConfigError(
                 f"malformed override '{text}': write key=value (e.g. trainer.epochs=3) "
                 "or group=option (e.g. optim=adam)"
