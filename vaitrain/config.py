@@ -175,6 +175,9 @@ def group_options(group: str, extra_dirs: Sequence[Path] = ()) -> list[str]:
     return sorted({p.stem for d in (conf_dir(), *extra_dirs) for p in (Path(d) / group).glob("*.yaml")})
 
 
+_PATH_KEYS = ("root", "weights", "init_from", "out_dir", "resume", "name", "storage")  # values that are often paths
+
+
 def _parse(overrides: Sequence[str]) -> list[Any]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
@@ -190,11 +193,15 @@ def _parse(overrides: Sequence[str]) -> list[Any]:
                 # Hydra's grammar reads letters beyond ASCII (a path /data/bilder_ü) only quoted
                 raise ConfigError(f"malformed override '{text}': quote a value with non-ASCII characters, "
                                   f"e.g. {key}='{value}'") from None
-            if eq and "~" in value and not value.startswith(("'", '"')):
-                # a shell leaves ~ alone after `key=` (no variable name has a dot); Hydra's grammar refuses it
+            odd = next((c for c in value if c in "~()[]{}=&#"), None)
+            pathlike = "/" in value or key.split(".")[-1] in _PATH_KEYS
+            if eq and odd and (odd == "~" or pathlike) and not value.startswith(("'", '"')):
+                # a shell passes ~ after `key=` on as typed (no variable name has a dot), and folder names
+                # carry brackets ("photos (1)"): Hydra's grammar reads these characters only quoted
                 home = str(Path(value).expanduser()) if value.startswith("~") else None
-                fix = f"write the path out, {key}={home}, or " if home and "~" not in home else ""
-                raise ConfigError(f"malformed override '{text}': Hydra's grammar reads '~' only in a quoted value: "
+                plain = home and not any(c in home for c in "~()[]{}=&#")
+                fix = f"write the path out, {key}={home}, or " if plain else ""
+                raise ConfigError(f"malformed override '{text}': Hydra's grammar reads '{odd}' only in a quoted value: "
                                   f"{fix}quote it for the shell and Hydra, \"{key}='{value}'\"") from None
             raise ConfigError(
                 f"malformed override '{text}': write key=value (e.g. trainer.epochs=3) "
