@@ -291,3 +291,12 @@ def test_a_folder_name_with_brackets_is_told_to_quote_it(tmp_path):
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["config", "optim.lr=log(1"])
     assert r.exit_code == 2 and "write key=value" in r.stderr and "quoted" not in r.stderr
+    # a comma reads as a sweep list: the quoted form is offered too, and trains
+    _photos(tmp_path / "pics,2024", per_class=6)
+    r = runner.invoke(app, ["train", *common, f"data.root={tmp_path}/pics,2024"])
+    quoted = f"data.root='{tmp_path}/pics,2024'"
+    assert r.exit_code == 2 and f"for a path with a comma, quote it for the shell and Hydra, \"{quoted}\"" in r.stderr
+    r = runner.invoke(app, ["train", *common, quoted])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["config", "trainer.epochs=1,2"])
+    assert r.exit_code == 2 and r.stderr.strip() == "error: sweep values (a,b or range(...)) need -m/--multirun"

@@ -252,7 +252,14 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
             "(see `vaitrain config`), so write key=value"
         )
     checks.refuse_unsupported(parsed)
-    if any(ov.is_sweep_override() for ov in parsed):
+    sweep = next((ov for ov in parsed if ov.is_sweep_override()), None)
+    if sweep is not None:
+        key = str(sweep.key_or_group)
+        if key.split(".")[-1] in _PATH_KEYS:  # a comma in a folder name ("pics,2024") reads as a sweep list
+            text = next((o for o in overrides if o.split("=", 1)[0].lstrip("+~") == key), key)
+            value = text.split("=", 1)[-1]
+            raise ConfigError(f"sweep values (a,b or range(...)) need -m/--multirun; for a path with a comma, quote it "
+                              f"for the shell and Hydra, \"{key}='{value}'\"")
         raise ConfigError("sweep values (a,b or range(...)) need -m/--multirun")
     _check_group_choices(parsed)
     dirs = [conf_dir(), *checks.search_dirs(parsed)]
