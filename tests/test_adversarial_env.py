@@ -276,3 +276,19 @@ def test_unusable_home_and_cache_folders(tmp_path, tiny_run):
     assert r.returncode == 0, r.stderr
     assert r.stderr == "" and out.stat().st_size > 1000
     assert a_file.read_text() == ""
+
+
+def test_stdout_redirected_to_a_full_disk(tmp_path):
+    # `vaitrain options > /full/disk/out.txt`: before, rich's OSError traceback (or exit 120 from the
+    # flush at exit, the file silently cut short). RLIMIT_FSIZE stands in for the full disk
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))
+
+    out = tmp_path / "options.txt"
+    with out.open("w") as f:
+        r = subprocess.run([*VAITRAIN, "options"], env=_env(), preexec_fn=small_files, stdout=f,
+                           stderr=subprocess.PIPE, text=True, timeout=60)
+    assert r.returncode == 2
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith("error: could not write all of this command's output to stdout (File too large)")
+    assert out.stat().st_size <= 2000

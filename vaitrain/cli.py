@@ -614,7 +614,15 @@ def main() -> None:
     except VaitrainError as err:
         typer.echo(f"error: {one_line(str(err))}", err=True)
         sys.exit(2)
-    app()
+    try:
+        app()
+    finally:
+        from vaitrain.process_env import lost_output
+
+        lost = lost_output()
+        if lost is not None:  # stdout redirected to a full disk: never a silently truncated file and exit 0
+            typer.echo(f"error: {lost}", err=True)
+            sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -36,19 +36,26 @@ def open_std_fds() -> None:
             setattr(sys, name, open(fd, mode, closefd=False, encoding="utf-8", errors="backslashreplace"))
 
 
+# output that could not be written (stdout redirected to a full disk): {"stdout": "No space left on device"}
+LOST_OUTPUT: dict[str, str] = {}
+
+
 class _ReaderGoneFile(io.FileIO):
-    """fd 1 or 2 that outlives its reader: once a pipe's reader exits (`| head -1`) or the terminal
-    hangs up, writes go to
-    /dev/null instead of raising BrokenPipeError into the middle of training or a report. The work
-    finishes and is recorded in the run directory; only the human-readable lines are lost.
-    (Guarded at the bytes level: click and rich write to sys.stdout.buffer as well.)"""
+    """fd 1 or 2 that outlives its reader: once a pipe's reader exits (`| head -1`), the terminal
+    hangs up or the file it was redirected to cannot grow (disk full), writes go to /dev/null
+    instead of raising into the middle of training or a report. The work finishes and is recorded
+    in the run directory; a failed write is kept in LOST_OUTPUT for cli.main to say so at the end
+    (a gone reader or terminal is not an error). (Guarded at the bytes level: click and rich write
+    to sys.stdout.buffer as well.)"""
+
+    name_: str = "stdout"
 
     def write(self, data: Any) -> int:
         try:
             return super().write(data)
         except OSError as err:
             if err.errno not in (errno.EPIPE, errno.EIO):  # EIO: the terminal hung up (ssh dropped)
-                raise
+                LOST_OUTPUT.setdefault(self.name_, err.strerror or str(err))
             null = os.open(os.devnull, os.O_WRONLY)
             try:
                 os.dup2(null, self.fileno())
@@ -68,6 +75,7 @@ def guard_output_streams() -> None:
         except (AttributeError, OSError, ValueError):  # an in-memory stream (a test's capture): as it is
             continue
         raw = _ReaderGoneFile(fd, "w", closefd=False)
+        raw.name_ = name
         setattr(sys, name, io.TextIOWrapper(io.BufferedWriter(raw), encoding=encoding, errors=errors,
                                             line_buffering=line_buffering or name == "stderr",
                                             write_through=name == "stderr"))
@@ -84,6 +92,20 @@ class _NoMatplotlibDirNotice(logging.Filter):
 
 def quiet_matplotlib_dir_notice() -> None:
     logging.getLogger("matplotlib").addFilter(_NoMatplotlibDirNotice())
+
+
+def lost_output() -> str | None:
+    """After a command: one line naming the output that could not be written, or None."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    if not LOST_OUTPUT:
+        return None
+    what = ", ".join(f"{name} ({why})" for name, why in LOST_OUTPUT.items())
+    return (f"could not write all of this command's output to {what}; what it printed is incomplete "
+            "(its files, e.g. the run directory, are not affected): free space where the output goes")
 
 
 def check_environment(argv: Sequence[str]) -> None:
