@@ -300,3 +300,21 @@ def test_a_folder_name_with_brackets_is_told_to_quote_it(tmp_path):
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["config", "trainer.epochs=1,2"])
     assert r.exit_code == 2 and r.stderr.strip() == "error: sweep values (a,b or range(...)) need -m/--multirun"
+
+
+def test_a_glob_matching_two_runs_is_named_as_such(tmp_path):
+    """The README's `vaitrain eval runs/*/*-demo-*` after training `name=demo` twice: the second
+    run was read as an override ('malformed override') or an image folder ('holds no image files')."""
+    root = _photos(tmp_path / "photos", per_class=6)
+    runner = CliRunner()
+    runs = []
+    for _ in range(2):
+        r = runner.invoke(app, ["train", *_common(tmp_path, root), "trainer.batch_size=4", "name=demo"])
+        assert r.exit_code == 0, r.output
+        runs.append(r.stdout.strip().splitlines()[-3].split()[1])
+    assert runs[0] != runs[1]
+    for command, rest in (("eval", ["--split", "val"]), ("predict", [str(root / "red")])):
+        r = runner.invoke(app, [command, *runs, *rest])
+        assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, r.output
+        assert r.stderr.strip() == (f"error: 2 run directories given ({runs[0]}, {runs[1]}): a glob matched several "
+                                    f"runs; `vaitrain {command}` takes one, e.g. the newest: {runs[1]}")

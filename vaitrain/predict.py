@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from vaitrain.data.augment import normalize, normalizer
 from vaitrain.data.images import SQUASH, Fit, load_image_sized, parallel_map, scan_images, skipped_note
 from vaitrain.errors import ConfigError, DataError, RunDirError, VaitrainError
+from vaitrain.track.one_run import refuse_more_runs
 from vaitrain.track.runs import printable
 
 FORMATS = ("csv", "json")
@@ -139,6 +140,7 @@ def predict(run_dir: Path, inputs: Sequence[str], *, checkpoint: str = "best", o
     """Run the model of `run_dir` on the files `inputs` name; see the module docstring."""
     from vaitrain.engine.trained import load_trained
 
+    refuse_more_runs(run_dir, inputs, "predict")
     left_out: list[str] = []
     paths = expand_paths(inputs, left_out)
     if batch_size < 1 or (topk is not None and topk < 1):

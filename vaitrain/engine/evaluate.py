@@ -14,6 +14,7 @@ from vaitrain.engine.components import build_components
 from vaitrain.engine.device import autocast, resolve_device, resolve_precision
 from vaitrain.errors import CheckpointError, ConfigError, DataError, RunDirError
 from vaitrain.track import rundir
+from vaitrain.track.one_run import refuse_more_runs
 from vaitrain.track.runs import saved_overrides
 
 VAL_SAMPLES = "val/samples"  # TensorBoard tag of the validation sample images
@@ -122,6 +123,7 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", overrides: list[str] =
     trained with; `per_class` holds per-class accuracy (classification) or IoU/Dice (segmentation)."""
     if split not in SPLITS:
         raise ConfigError(f"--split {split} is not a split; choose one of: {', '.join(SPLITS)}")
+    refuse_more_runs(run_dir, overrides, "eval")
     cfg, path, state = load_run_checkpoint(run_dir, checkpoint, overrides)
     device = resolve_device(cfg.trainer.device)
     precision = resolve_precision(cfg.trainer.precision, device)
