@@ -292,3 +292,17 @@ def test_stdout_redirected_to_a_full_disk(tmp_path):
     [line] = r.stderr.strip().splitlines()
     assert line.startswith("error: could not write all of this command's output to stdout (File too large)")
     assert out.stat().st_size <= 2000
+
+
+def test_run_config_path_the_locale_cannot_name(tmp_path):
+    # a run trained on data.root=/data/bilder_ü, evaluated in an ASCII locale: before, "data.root=...
+    # does not exist" for a folder that exists (the path could not be encoded, so exists() was False)
+    root = tmp_path / "bilder_\u00fc"
+    root.mkdir()
+    code = ("from types import SimpleNamespace as N; from vaitrain.data.folders import _root; "
+            f"_root(N(root={ascii(str(root))}), 'image_folder', 'a folder')")
+    env = _env(LC_ALL="POSIX", LANG="POSIX", PYTHONCOERCECLOCALE="0", PYTHONUTF8="0")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=60)
+    err = r.stderr.decode("ascii", "backslashreplace")
+    assert r.returncode == 1 and "DataError: data.root=" in err, err
+    assert "cannot be named in this locale's encoding (ascii): run with a UTF-8 locale" in err

@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -66,6 +67,11 @@ def _root(cfg: Any, what: str, layout: str, file_ok: bool = False) -> Path:
     if not str(cfg.root).strip():  # Path("") is the working folder: never scanned by accident
         raise DataError(f"data.root is empty: point data.root at {layout} for data={what}")
     root = Path(str(cfg.root)).expanduser()
+    try:
+        os.fsencode(root)
+    except UnicodeEncodeError:  # an ASCII locale (LC_ALL=C without UTF-8): exists() would say False
+        raise DataError(f"data.root={root} cannot be named in this locale's encoding ({sys.getfilesystemencoding()}): "
+                        "run with a UTF-8 locale, e.g. LC_ALL=C.UTF-8") from None
     if not root.exists():
         raise DataError(f"data.root={root} does not exist: point data.root at {layout} for data={what}")
     if not root.is_dir() and not (file_ok and root.is_file()):
