@@ -71,6 +71,7 @@ def guard_output_streams() -> None:
         try:
             fd = stream.fileno()
             encoding, errors, line_buffering = stream.encoding, stream.errors, stream.line_buffering
+            write_through = bool(getattr(stream, "write_through", False))  # python -u, PYTHONUNBUFFERED
             stream.flush()
         except (AttributeError, OSError, ValueError):  # an in-memory stream (a test's capture): as it is
             continue
@@ -78,7 +79,7 @@ def guard_output_streams() -> None:
         raw.name_ = name
         setattr(sys, name, io.TextIOWrapper(io.BufferedWriter(raw), encoding=encoding, errors=errors,
                                             line_buffering=line_buffering or name == "stderr",
-                                            write_through=name == "stderr"))
+                                            write_through=write_through or name == "stderr"))
 
 
 class _NoMatplotlibDirNotice(logging.Filter):
