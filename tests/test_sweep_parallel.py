@@ -163,3 +163,56 @@ def test_missing_submitit_names_the_extra(tmp_path: Path, monkeypatch: pytest.Mo
     with pytest.raises(ConfigError, match=r"submitit is not installed; install the extra: pip install 'vaitrain\[search\]'"):
         run_sweep(["seed=1,2", "sweep.launcher=slurm", *TINY], out_dir=tmp_path / "o")
     assert not (tmp_path / "o").exists()  # refused before anything is written
+
+
+def _job_signalled_before_training(spec_file: str, result_file: str) -> None:
+    """A job process whose stop request arrives while it composes its config (before the loop)."""
+    from vaitrain import config, jobs
+
+    real = config.compose
+
+    def compose(*a: Any, **kw: Any) -> Any:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **kw)
+
+    config.compose = compose  # type: ignore[assignment]
+    jobs._child_main(spec_file, result_file)
+
+
+def _job_signalled_after_its_loop(spec_file: str, result_file: str) -> None:
+    """A job process whose stop request arrives after its training loop, as the sweep's SIGTERM
+    does right after the group's Ctrl-C stopped the loop (CI lost this race once)."""
+    from vaitrain import jobs
+    from vaitrain.engine.records import Records
+
+    real = Records.final
+
+    def final(self: Any, **kw: Any) -> Any:
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered here, between the loop and the final record
+        return real(self, **kw)
+
+    Records.final = final  # type: ignore[method-assign]
+    jobs._child_main(spec_file, result_file)
+
+
+@pytest.mark.parametrize("when", ["after_the_loop", "before_training"])
+def test_a_late_or_early_stop_request_gives_a_job_result_not_a_death(tmp_path: Path, when: str) -> None:
+    import multiprocessing
+    from dataclasses import asdict
+
+    from vaitrain.jobs import JobSpec
+
+    spec = JobSpec([*TINY, "trainer.epochs=1"], str(tmp_path), "job00")
+    spec_file, result_file = tmp_path / "spec.json", tmp_path / "result.json"
+    spec_file.write_text(json.dumps(asdict(spec)))
+    ctx = multiprocessing.get_context("fork")
+    target = _job_signalled_after_its_loop if when == "after_the_loop" else _job_signalled_before_training
+    proc = ctx.Process(target=target, args=(str(spec_file), str(result_file)))
+    proc.start()
+    proc.join(120)
+    assert proc.exitcode == 0, f"the job's process died (exit {proc.exitcode}) instead of writing its result"
+    outcome = json.loads(result_file.read_text())
+    if when == "after_the_loop":  # the run trained to its end: the late request changes nothing
+        assert outcome["status"] == "completed" and load_run(outcome["run_dir"]).status == "completed"
+    else:
+        assert outcome["status"] == "stopped" and outcome["signal"] == signal.SIGTERM, outcome

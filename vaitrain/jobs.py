@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from vaitrain.errors import ConfigError
+from vaitrain.errors import ConfigError, Interrupted
 
 POLL_SECONDS = 0.2
 LOGS_DIR = "logs"  # in the sweep/search folder: each job's output, spec and result (SLURM's under slurm/)
@@ -71,6 +71,8 @@ def run_job(spec: JobSpec | dict[str, Any], train_fn: Callable[..., Any] | None 
                        signal=int(run.signal))
     except KeyboardInterrupt:
         outcome.update(status="stopped", error="interrupted", signal=int(signal.SIGINT))
+    except Interrupted as err:  # a stop signal before training began (see _child_main)
+        outcome.update(status="stopped", error=str(err), signal=int(err.signum))
     except Exception as err:  # one job's failure (even a bug) is its outcome
         outcome["error"] = one_line(err)
     if not outcome["run_dir"]:
@@ -103,9 +105,22 @@ def find_run_dir(folder: Path, tag: str) -> str | None:
 def _child_main(spec_file: str, result_file: str) -> None:
     from vaitrain.track.files import write_text_atomic
 
+    from vaitrain.interrupts import handling
+
+    ended = [False]
+
+    def handler(signum: int, _frame: Any) -> None:
+        # before the loop's own handler: the job's outcome is "stopped" (not a death by the default
+        # SIGTERM action); once the run has ended, a late request (the sweep's SIGTERM right after
+        # the group's Ctrl-C) changes nothing and must not cost the result file
+        if not ended[0]:
+            raise Interrupted(f"stopped by {signal.Signals(signum).name} before training began", signum)
+
     spec = JobSpec(**json.loads(Path(spec_file).read_text()))
-    outcome = run_job(spec)
-    write_text_atomic(Path(result_file), json.dumps(outcome) + "\n")
+    with handling(handler):
+        outcome = run_job(spec)
+        ended[0] = True
+        write_text_atomic(Path(result_file), json.dumps(outcome) + "\n")
 
 
 # ----- the scheduler -------------------------------------------------------------------------------

@@ -185,32 +185,39 @@ class Trainer:
     # ----- the run -----------------------------------------------------------------------------
     def fit(self) -> RunResult:
         epochs, stop_after = int(self.cfg.trainer.epochs), int(self.cfg.trainer.stop_after)
-        records, stop = self.records, StopFlag()
+        stop = StopFlag()
+        # The loop's handler stays installed through the final record and the teardown: a stop
+        # request arriving then (a sweep's SIGTERM just after the group's Ctrl-C) is the same request,
+        # not a death by the default SIGTERM action between the stop and the final record.
+        with stop.installed():
+            return self._fit(stop, epochs, stop_after)
+
+    def _fit(self, stop: StopFlag, epochs: int, stop_after: int) -> RunResult:
+        records = self.records
         run_epochs, status, last = 0, "completed", {}
         try:
             records.open(resumed=self.resume_state is not None, epoch=self.epoch, step=self.step,
                          config_yaml=self.config_yaml, model=self.model)
             self._say_start()
-            with stop.installed():
-                while self.epoch < epochs:
-                    train_metrics = self._train_epoch(stop)
-                    if train_metrics is None:  # a signal mid-epoch: last.pt is written
-                        status = "stopped"
-                        break
-                    self.epoch += 1
-                    self.batch_in_epoch = 0
-                    run_epochs += 1
-                    val = self._validate()
-                    last = {**train_metrics, **val}
-                    improved = self._update_best(val)
-                    records.epoch(self.epoch, self.step, last, self.task.main_metric)
-                    self._save(LAST, *([BEST] if improved else []))
-                    ended = self._ends_early(stop, last, run_epochs, epochs, stop_after)
-                    if ended:
-                        status = ended
-                        break
-                if status == "completed" and self.epoch >= epochs and self.cfg.trainer.test_at_end:
-                    last = {**last, **self._test_best()}
+            while self.epoch < epochs:
+                train_metrics = self._train_epoch(stop)
+                if train_metrics is None:  # a signal mid-epoch: last.pt is written
+                    status = "stopped"
+                    break
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                run_epochs += 1
+                val = self._validate()
+                last = {**train_metrics, **val}
+                improved = self._update_best(val)
+                records.epoch(self.epoch, self.step, last, self.task.main_metric)
+                self._save(LAST, *([BEST] if improved else []))
+                ended = self._ends_early(stop, last, run_epochs, epochs, stop_after)
+                if ended:
+                    status = ended
+                    break
+            if status == "completed" and self.epoch >= epochs and self.cfg.trainer.test_at_end:
+                last = {**last, **self._test_best()}
         except (KeyboardInterrupt, Interrupted):
             status = "stopped"
             raise
