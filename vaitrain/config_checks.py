@@ -275,10 +275,10 @@ def check_crop(data: Any, size: int) -> None:
 def check_workers(cfg: DictConfig) -> None:
     """data.num_workers far above the cores (999) started that many loader processes, which froze a
     2-core machine for minutes; torch itself only warns above the core count."""
-    import os
+    from vaitrain.process_env import usable_cores
 
     workers = OmegaConf.select(cfg, "data.num_workers", default=0) or 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     if workers > 4 * cores:
         raise ConfigError(f"data.num_workers={workers} is far more than the {cores} CPU cores here (each is a "
                           f"process): use data.num_workers <= {cores}")

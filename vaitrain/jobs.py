@@ -262,7 +262,9 @@ def check_launcher(launch_cfg: Any) -> None:
     """Before anything is written: the launcher's library is there (one line naming the extra), and
     local jobs at once are no more than the cores (sweep.parallel=999 started 999 processes)."""
     parallel = int(launch_cfg.parallel)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    from vaitrain.process_env import usable_cores
+
+    cores = usable_cores()
     if str(launch_cfg.launcher) == "local" and parallel > 4 * cores:  # a few more than cores can still pay
         key = "search" if "trials" in launch_cfg else "sweep"
         raise ConfigError(f"{key}.parallel={parallel} runs {parallel} jobs at once on this machine, which has {cores} "

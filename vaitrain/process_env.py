@@ -20,6 +20,14 @@ from vaitrain.errors import ConfigError, RunDirError
 _OMP_THREADS = re.compile(r"\s*[1-9][0-9]*\s*(,\s*[1-9][0-9]*\s*)*")  # libgomp's list form: 4 or 4,2
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, e.g. under taskset or SLURM), not the
+    machine's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def open_std_fds() -> None:
     """Closed fds 0/1/2 (`vaitrain train >&-`) reopened on /dev/null: otherwise the first file
     vaitrain opens would get fd 1 or 2 and every print, or torch's C++ warnings, would land in it."""

@@ -63,7 +63,9 @@ def check_setup(devices: int, device: torch.device, sync_bn: bool, batch_size: i
     if devices > 1 and batch_size % devices:
         raise ConfigError(f"trainer.batch_size={batch_size} is not divisible by trainer.devices={devices}: the "
                           f"global batch is split evenly; use a multiple of {devices}")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    from vaitrain.process_env import usable_cores
+
+    cores = usable_cores()
     if devices > 1 and device.type == "cpu" and devices > 4 * cores:  # trainer.devices=64: 64 processes on 2 cores
         raise DeviceError(f"trainer.devices={devices} on the CPU starts {devices} processes but there are {cores} "
                           f"CPU cores here: use trainer.devices <= {cores}")

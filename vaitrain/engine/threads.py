@@ -38,8 +38,9 @@ def oversubscription_hint(device: torch.device, threads_setting: int) -> str | N
     cores), or the machine is idle."""
     if device.type != "cpu":
         return None
-    cores = os.cpu_count() or 1
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    from vaitrain.process_env import usable_cores
+
+    cores, usable = os.cpu_count() or 1, usable_cores()
     if threads_setting > usable:  # trainer.threads=999: the extra threads only wait for a core
         return (f"hint: trainer.threads={threads_setting} is more than the {usable} CPU cores this process may use; "
                 f"the extra threads only slow it down (trainer.threads={usable} or fewer)")
