@@ -86,6 +86,44 @@ def grid(images: Sequence[Tensor], nrow: int = 8, pad: int = 2) -> Tensor:
     return out
 
 
+def with_column_titles(grid_img: Tensor, titles: Sequence[str], cell_width: int, pad: int = 2) -> Tensor:
+    """A `grid` (cells `cell_width` wide, `pad` apart) with a black strip above naming each column."""
+    font = ImageFont.load_default()
+    canvas = Image.new("RGB", (grid_img.shape[-1], grid_img.shape[-2] + 14))
+    canvas.paste(_to_pil(grid_img), (0, 14))
+    draw = ImageDraw.Draw(canvas)
+    for j, title in enumerate(titles):
+        left = pad + j * (cell_width + pad)
+        text_width = draw.textlength(title, font=font)
+        draw.text((left + max(0, (cell_width - text_width) / 2), 1), title, fill=(255, 255, 255), font=font)
+    return _from_pil(canvas)
+
+
+def with_legend(img: Tensor, names: Sequence[str], colours: Tensor) -> Tensor:
+    """`img` with a black strip below: a colour swatch and the name of each class, wrapped to its width."""
+    font = ImageFont.load_default()
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    entries = [(str(name)[:16], tuple(int(round(255 * float(v))) for v in colours[k])) for k, name in enumerate(names)]
+    lines: list[list[tuple[int, str, tuple[int, ...]]]] = [[]]
+    x = 2
+    for name, rgb in entries:
+        width = 12 + int(probe.textlength(name, font=font)) + 8
+        if lines[-1] and x + width > img.shape[-1]:
+            lines.append([])
+            x = 2
+        lines[-1].append((x, name, rgb))
+        x += width
+    canvas = Image.new("RGB", (img.shape[-1], img.shape[-2] + 14 * len(lines) + 2))
+    canvas.paste(_to_pil(img), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for row, line in enumerate(lines):
+        top = img.shape[-2] + 2 + 14 * row
+        for left, name, rgb in line:
+            draw.rectangle([left, top + 1, left + 9, top + 10], fill=rgb, outline=(255, 255, 255))
+            draw.text((left + 12, top), name, fill=(255, 255, 255), font=font)
+    return _from_pil(canvas)
+
+
 def overlay(img: Tensor, mask: Tensor, colours: Tensor, ignore_index: int | None = None, alpha: float = 0.5) -> Tensor:
     """Blend a class mask (H, W) over an image (3, H, W) (torchvision's draw_segmentation_masks;
     colours are rounded to 8 bits); ignored pixels drawn grey."""

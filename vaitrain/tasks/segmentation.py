@@ -15,6 +15,7 @@ from vaitrain.tasks.base import Meter, Task
 from vaitrain.tasks.classification import confusion_matrix
 
 DICE_SMOOTH = 1.0  # added to numerator and denominator: a class absent from the batch scores 1
+SAMPLE_COLUMNS = ("image", "truth", "prediction")  # the columns of the validation sample grid
 
 
 def dice_loss(out: Tensor, y: Tensor, ignore_index: int, smooth: float = DICE_SMOOTH) -> Tensor:
@@ -120,7 +121,8 @@ class SegmentationTask(Task):
 
     def log_images(self, writer: Any, tag: str, x: Tensor, y: Tensor, out: Tensor, step: int,
                    max_images: int = 8) -> None:
-        """Rows of three: input, true mask over the input, predicted mask over the input."""
+        """Rows of three under the titles image / truth / prediction (the true and the predicted
+        mask over the input), then a legend of each class's colour."""
         k = min(max_images, x.shape[0])
         imgs = images.denormalize(x[:k], self.stats)
         colours = images.palette(self.num_classes)
@@ -132,7 +134,10 @@ class SegmentationTask(Task):
                 images.overlay(imgs[i], y[i].cpu(), colours, self.ignore_index),
                 images.overlay(imgs[i], pred[i], colours),
             ]
-        writer.add_image(tag, images.grid(images.upscale(torch.stack(cells)), nrow=3), step)
+        cells = images.upscale(torch.stack(cells))
+        titled = images.with_column_titles(images.grid(cells, nrow=3), SAMPLE_COLUMNS, cells.shape[-1])
+        names = [str(c) for c in self.class_names]
+        writer.add_image(tag, images.with_legend(titled, names, colours), step)
 
     def log_epoch_images(self, writer: Any, meter: Meter, step: int, tag: str = "val") -> None:
         if isinstance(meter, SegmentationMeter):

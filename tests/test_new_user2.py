@@ -1,0 +1,89 @@
+"""A second new user's first hour: what they see in TensorBoard, in the shell's completion, in the
+help and the messages must be what they expect from a peer tool (and true)."""
+from __future__ import annotations
+
+import colorsys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from typer.testing import CliRunner
+
+from vaitrain import config
+from vaitrain.cli import app
+from vaitrain.tasks import images
+from vaitrain.tasks.segmentation import SegmentationTask
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.images: dict[str, torch.Tensor] = {}
+
+    def add_image(self, tag: str, img: torch.Tensor, step: int) -> None:
+        self.images[tag] = img
+
+
+def _seg_grid(k: int = 2) -> tuple[torch.Tensor, torch.Tensor, SegmentationTask]:
+    task = SegmentationTask(SimpleNamespace(ignore_index=255, dice_weight=0.0),
+                            SimpleNamespace(num_classes=3, class_names=["background", "cell", "nucleus"], stats=None))
+    x = torch.rand(k, 3, 16, 16)
+    y = torch.randint(0, 3, (k, 16, 16))
+    out = torch.randn(k, 3, 16, 16)
+    writer = _Writer()
+    task.log_images(writer, "val/samples", x, y, out, step=0)
+    return writer.images["val/samples"], x, task
+
+
+def test_segmentation_samples_name_their_columns_and_classes():
+    """The grid of (image, truth, prediction) rows has a title above each column and a colour
+    legend below, as a reader of TensorBoard cannot tell the three columns apart otherwise."""
+    grid, x, _ = _seg_grid()
+    cell, pad, header = 96, 2, 14  # 16 px cells upscaled 6x (nearest), grid padding, title strip
+    rgb = (grid.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    # the first cell, below the titles, is the input itself, upscaled by pixel repetition
+    first = rgb[header + pad:header + pad + cell, pad:pad + cell]
+    expected = (x[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy().repeat(6, 0).repeat(6, 1)
+    assert np.abs(first.astype(int) - expected.astype(int)).max() <= 1
+    # the title strip: white text over each of the three columns, and the widest over 'prediction'
+    strip = rgb[:header].astype(int).sum(-1) > 600
+    widths = []
+    for j in range(3):
+        cols = np.nonzero(strip[:, pad + j * (cell + pad):pad + j * (cell + pad) + cell].any(0))[0]
+        assert cols.size, f"no title over column {j}"
+        widths.append(cols.max() - cols.min())
+    assert widths[2] > 1.5 * widths[0]  # 'prediction' is twice as long as 'image'
+    # the legend below the two rows: a swatch of each class's colour (background black, then
+    # golden-ratio hues from red at s=0.8, v=1)
+    legend = rgb[header + pad + 2 * (cell + pad):].reshape(-1, 3)
+    colours = {tuple(legend_row) for legend_row in legend.tolist()}
+    for k in (1, 2):
+        expected_rgb = tuple(int(round(255 * v)) for v in colorsys.hsv_to_rgb(((k - 1) * 0.618034) % 1.0, 0.8, 1.0))
+        assert expected_rgb in colours, (k, expected_rgb)
+
+
+def _complete(words: list[str]) -> list[str]:
+    """What bash's completion function gets from `vaitrain ...<TAB>` (bash splits words at '=')."""
+    env = {"COMP_WORDS": "\n".join(["vaitrain", *words]), "COMP_CWORD": str(len(words)),
+           "_VAITRAIN_COMPLETE": "complete_bash"}
+    r = CliRunner().invoke(app, [], env=env, prog_name="vaitrain")
+    assert r.exit_code == 0, r.output
+    return r.output.split()
+
+
+def test_completion_of_model_keys_follows_the_chosen_model():
+    """`vaitrain train model=unet model.<TAB>` offers the keys `vaitrain config model=unet` has,
+    not those of every model family (small_stem, growth_rate: refused for a U-Net)."""
+    unet = {f"model.{k}=" for k in config.compose(["model=unet"]).model} - {"model.name=", "model.family="}
+    assert set(_complete(["train", "model", "=", "unet", "model."])) == unet
+    default = {f"model.{k}=" for k in config.compose([]).model} - {"model.name=", "model.family="}
+    assert set(_complete(["train", "model."])) == default  # no model= given: the default model's
+
+
+def test_completion_after_equals_offers_the_values_in_the_shell():
+    """Bash hands `model=<TAB>` over as the words `model` `=`: the README's promise that this lists
+    the models held only for a hand-made word list (Typer passes no previous words)."""
+    models = sorted(p.stem for p in (config.conf_dir() / "model").glob("*.yaml"))
+    assert sorted(_complete(["train", "model", "="])) == models
+    assert _complete(["train", "optim", "=", "ad"]) == ["adam", "adamw"]
+    assert set(_complete(["train", "optim", "=", "sgd", "optim.mo"])) == {"optim.momentum="}
