@@ -84,7 +84,9 @@ def _complete(ctx: typer.Context, args: List[str], incomplete: str) -> List[str]
     from vaitrain.options import complete_override
 
     try:
-        return complete_override(list(args), incomplete)
+        # Typer hands `args` over empty; the words before the cursor are the parsed overrides
+        words = list(args) or [str(w) for w in (ctx.params.get("overrides") or [])]
+        return complete_override(words, incomplete)
     except Exception:  # noqa: BLE001 - a completion never prints a traceback into the shell
         return []
 

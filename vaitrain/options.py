@@ -162,13 +162,53 @@ def _values(key: str, value: Any) -> tuple[str, ...]:
     return ()
 
 
+def _chosen(args: list[str], group: str) -> str | None:
+    """The option the words so far choose for `group` (`model=unet`, or bash's `model` `=` `unet`)."""
+    chosen = None
+    for i, word in enumerate(args):
+        if word.startswith(f"{group}=") and len(word) > len(group) + 1:
+            chosen = word[len(group) + 1:]
+        elif word == group and args[i + 1:i + 2] == ["="] and len(args) > i + 2:
+            chosen = args[i + 2]
+    return chosen
+
+
+# model.<key>s that `model=NAME` sets, not the user
+_MODEL_KEYS_NOT_OFFERED = ("model.name", "model.family")
+
+
+def _model_keys(model: str | None) -> set[str] | None:
+    """The model.* keys of the chosen model's family (model=unet: U-Net's, not every family's;
+    none chosen: the default model's), from the `schema_<family>` its YAML names; None when
+    unknown (a model from hydra.searchpath): then every family's keys are offered."""
+    from vaitrain.schema.root import GROUP_SCHEMAS
+
+    name = model or str(_config.compose([]).model.name)
+    try:
+        text = (_config.conf_dir() / "model" / f"{name}.yaml").read_text(encoding="utf-8")
+    except (OSError, ValueError):
+        return None
+    family = re.search(r"^\s*-\s*schema_(\w+)\s*$", text, re.MULTILINE)
+    schema = GROUP_SCHEMAS["model"].get(family.group(1)) if family else None
+    if schema is None:
+        return None
+    return {f"model.{f.name}" for f in dataclasses.fields(schema)} - set(_MODEL_KEYS_NOT_OFFERED)
+
+
 def complete_override(args: list[str], incomplete: str) -> list[str]:
     """Completions of one override word: `mod` -> `model=`, `model.`...; `model=` -> the models;
-    `optim.lr` -> `optim.lr=`. Bash splits words at '=' (COMP_WORDBREAKS): then `model`, `=`
-    and the value arrive as separate words, and a value is offered for the '=' word."""
+    `optim.lr` -> `optim.lr=`; `model=unet model.` -> U-Net's keys. Bash splits words at '='
+    (COMP_WORDBREAKS): then `model`, `=` and the value arrive as separate words, and a value is
+    offered for the '=' word."""
     keys = _all_keys()
+    if "model.".startswith(incomplete) or incomplete.startswith("model."):
+        model_keys = _model_keys(_chosen(args, "model"))
+        if model_keys is not None:
+            keys = {k: v for k, v in keys.items() if not k.startswith("model.") or k in model_keys}
     if incomplete == "=" and args and args[-1] in keys:  # bash: the word after `model` is "="
         return [f"={v}" for v in keys[args[-1]]]
+    if incomplete == "" and args and args[-1] in keys:  # the same, as click hands it over: "=" -> ""
+        return list(keys[args[-1]])
     if len(args) >= 2 and args[-1] == "=" and args[-2] in keys:  # bash: the value after "="
         return [v for v in keys[args[-2]] if v.startswith(incomplete)]
     if "=" in incomplete:
