@@ -87,3 +87,19 @@ def test_completion_after_equals_offers_the_values_in_the_shell():
     assert sorted(_complete(["train", "model", "="])) == models
     assert _complete(["train", "optim", "=", "ad"]) == ["adam", "adamw"]
     assert set(_complete(["train", "optim", "=", "sgd", "optim.mo"])) == {"optim.momentum="}
+
+
+def test_lines_on_a_terminal_wrap_between_words(monkeypatch, capsys):
+    """The start lines on an 80- or 60-column terminal: the terminal cut 'validati|on' mid-word
+    where rich's own lines (the epoch summaries) wrap between words."""
+    from vaitrain.track.progress import Progress
+
+    monkeypatch.setenv("COLUMNS", "60")
+    text = ("note: 24 optimizer steps in all: batch norm's running statistics, which validation uses, "
+            "will still be 8% their initial values, so val/* may lag train/loss; raise trainer.epochs")
+    Progress(mode="bar").line(text)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) > 1 and all(len(line) <= 60 for line in lines)
+    assert " ".join(lines).split() == text.split()  # every word whole, none lost
+    Progress(mode="plain").line(text)  # a log file keeps the line whole (grep finds it)
+    assert capsys.readouterr().out == text + "\n"

@@ -8,7 +8,9 @@ summaries) are printed in both modes.
 """
 from __future__ import annotations
 
+import shutil
 import sys
+import textwrap
 import threading
 import time
 from contextlib import contextmanager
@@ -134,6 +136,10 @@ class Progress:
     # ----- internals ------------------------------------------------------------------------------
     def _print(self, text: str) -> None:
         out = self._out()
+        if self.mode == "bar":  # a terminal: wrap between words as rich does, not mid-word
+            width = shutil.get_terminal_size().columns
+            text = "\n".join(textwrap.fill(part, width, break_long_words=False, break_on_hyphens=False)
+                             for part in text.split("\n"))
         out.write(text + "\n")
         out.flush()
 
