@@ -103,3 +103,28 @@ def test_lines_on_a_terminal_wrap_between_words(monkeypatch, capsys):
     assert " ".join(lines).split() == text.split()  # every word whole, none lost
     Progress(mode="plain").line(text)  # a log file keeps the line whole (grep finds it)
     assert capsys.readouterr().out == text + "\n"
+
+
+def test_search_names_the_best_values_as_overrides_to_train_with(tmp_path):
+    """`best:` gave a Python dict ({'optim.lr': 0.0040...}); now the overrides themselves, which
+    `vaitrain train` takes as written and which are the best trial's own config values."""
+    import re
+
+    import pytest
+    import yaml
+
+    pytest.importorskip("optuna", reason="the search extra is not installed")
+    tiny = ["data.num_train=64", "data.num_val=32", "data.image_size=16", "trainer.batch_size=32",
+            "model=plain_cnn", "trainer.threads=1", "trainer.progress=none", "trainer.image_every=0",
+            "trainer.epochs=1", f"out_dir={tmp_path}"]
+    r = CliRunner().invoke(app, ["search", "optim.lr=log(1e-3,1e-1)", "optim=choice(sgd,adam)",
+                                 "search.trials=2", *tiny])
+    assert r.exit_code == 0, r.output
+    m = re.search(r"^best: trial \d+ val/acc1=[\d.]+: (.+)  \((.+)\)$", r.stdout, re.MULTILINE)
+    assert m and "{" not in m.group(1), r.stdout
+    given = dict(word.split("=", 1) for word in m.group(1).split())
+    assert set(given) == {"optim.lr", "optim"}
+    saved = yaml.safe_load((Path(m.group(2)) / "config.yaml").read_text())
+    assert float(given["optim.lr"]) == saved["optim"]["lr"] and given["optim"] == saved["optim"]["name"]
+    composed = config.compose(m.group(1).split())  # what `vaitrain train <those>` composes
+    assert composed.optim.lr == saved["optim"]["lr"] and composed.optim.name == saved["optim"]["name"]

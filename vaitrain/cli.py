@@ -299,7 +299,7 @@ def search(overrides: Optional[List[str]] = typer.Argument(None, help=(
         "Search space and fixed overrides: optim.lr=log(1e-4,1e-1) model.width_mult=choice(0.5,1,2) "
         "search.trials=40; resume=SEARCH_DIR continues one."))) -> None:
     """Search hyper-parameters with Optuna (TPE, pruning, SQLite storage); each trial is a normal run."""
-    from vaitrain.search import run_search
+    from vaitrain.search import param_overrides, run_search
 
     result = run_search(list(overrides or []), progress=lambda line: typer.echo(line, err=True))
     rows = [[t["number"], t["status"], t["value"], t["epochs"],
@@ -309,7 +309,9 @@ def search(overrides: Optional[List[str]] = typer.Argument(None, help=(
                          ["trial", "state", result.metric, "epochs", "params", "run"], rows))
     best = result.best
     if best:
-        typer.echo(f"best: trial {best['number']} {result.metric}={best['value']:.4g} {best['params']} {best['run_dir']}")
+        # the values as overrides to paste into `vaitrain train` (a dict's repr read as Python)
+        typer.echo(f"best: trial {best['number']} {result.metric}={best['value']:.4g}: "
+                   f"{' '.join(param_overrides(best['params']))}  ({best['run_dir']})")
     typer.echo(f"search: {result.search_dir} (storage {result.storage})")
     if result.interrupted:
         typer.echo(f"continue with: vaitrain search resume={result.search_dir}", err=True)
@@ -606,8 +608,10 @@ def report(
 def main() -> None:
     # how the process was started (closed or vanishing stdout/stderr, a deleted working directory,
     # an undecodable command line, a garbage OMP_NUM_THREADS): settled before any command runs
-    from vaitrain.process_env import check_environment, guard_output_streams, open_std_fds, quiet_matplotlib_dir_notice
+    from vaitrain.process_env import (check_environment, guard_output_streams, open_std_fds,
+                                      quiet_matplotlib_dir_notice, skip_exit_collection)
 
+    skip_exit_collection()
     open_std_fds()
     guard_output_streams()
     quiet_matplotlib_dir_notice()
