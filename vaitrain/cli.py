@@ -608,10 +608,8 @@ def report(
 def main() -> None:
     # how the process was started (closed or vanishing stdout/stderr, a deleted working directory,
     # an undecodable command line, a garbage OMP_NUM_THREADS): settled before any command runs
-    from vaitrain.process_env import (check_environment, guard_output_streams, open_std_fds,
-                                      quiet_matplotlib_dir_notice, skip_exit_collection)
+    from vaitrain.process_env import check_environment, guard_output_streams, open_std_fds, quiet_matplotlib_dir_notice
 
-    skip_exit_collection()
     open_std_fds()
     guard_output_streams()
     quiet_matplotlib_dir_notice()
