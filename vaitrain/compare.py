@@ -6,8 +6,6 @@ Nothing here prints.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from dataclasses import dataclass
@@ -226,13 +224,11 @@ def render(comp: Comparison, fmt: str = "table", width: int | None = None) -> st
         out = [{c: _plain(r.get(c)) for c in cols + ["path"]} for r in comp.rows]
         return json.dumps(out, indent=2, default=str)
     if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(cols)
-        for r in comp.rows:
-            w.writerow(["" if r.get(c) is None else
-                        (_key(r[c]) if isinstance(r[c], (list, dict)) else _plain(r[c])) for c in cols])
-        return buf.getvalue().rstrip("\n")
+        from vaitrain.csv_cells import csv_text  # cells a spreadsheet would run as formulas are quoted
+
+        return csv_text(cols, [["" if r.get(c) is None else
+                                (_key(r[c]) if isinstance(r[c], (list, dict)) else _plain(r[c])) for c in cols]
+                               for r in comp.rows]).rstrip("\n")
     cells = [[_cell(c, r.get(c)) for c in cols] for r in comp.rows]
     if fmt == "markdown":
         right = [c not in ("run", "status") and c not in comp.config_keys for c in cols]

@@ -2,8 +2,6 @@
 module imports nothing of the measuring side.)"""
 from __future__ import annotations
 
-import csv
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,12 +53,9 @@ def _csv(report: BenchReport) -> str:
     keys: list[str] = []
     for row in report.rows:
         keys += [k for k in row if k not in keys]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=keys + list(env), restval="")
-    writer.writeheader()
-    for row in report.rows:
-        writer.writerow({**row, **env})
-    return buf.getvalue()
+    from vaitrain.csv_cells import dict_csv_text  # cells a spreadsheet would run as formulas are quoted
+
+    return dict_csv_text(keys + list(env), ({**row, **env} for row in report.rows))
 
 
 def _num(v: Optional[float], digits: int = 3) -> str:
