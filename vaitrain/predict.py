@@ -15,9 +15,7 @@ Outputs:
 """
 from __future__ import annotations
 
-import csv
 import glob
-import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -31,6 +29,7 @@ import torch.nn.functional as F
 from vaitrain.data.augment import normalize, normalizer
 from vaitrain.data.images import SQUASH, Fit, load_image_sized, parallel_map, scan_images, skipped_note
 from vaitrain.errors import ConfigError, DataError, RunDirError, VaitrainError
+from vaitrain.file_kinds import special_kind
 from vaitrain.track.one_run import refuse_more_runs
 from vaitrain.track.runs import printable
 
@@ -70,6 +69,8 @@ def expand_paths(args: Sequence[str], notes: list[str] | None = None) -> list[Pa
             if not found:
                 raise DataError(f"no file matches {arg}")
             out += found
+        elif special_kind(p):  # a FIFO or device given as an image: 'does not exist' misled
+            raise DataError(f"{arg} is {special_kind(p)}, not an image file: give image files, folders or globs")
         else:
             raise DataError(f"{arg} does not exist: give image files, folders or globs")
     if not out:
@@ -278,12 +279,10 @@ def format_rows(rows: list[dict[str, Any]], fmt: str) -> str:
     """The predictions as CSV (one flat row per file) or JSON text."""
     if fmt == "json":
         return json.dumps(rows, indent=1) + "\n"
+    from vaitrain.csv_cells import dict_csv_text  # class names starting with = + - @ stay text in a spreadsheet
+
     flat = [_flat(r) for r in rows]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(flat[0]), lineterminator="\n")
-    w.writeheader()
-    w.writerows(flat)
-    return buf.getvalue()
+    return dict_csv_text(list(flat[0]), flat)
 
 
 def _write_table(path: Path, rows: list[dict[str, Any]], fmt: str) -> None:

@@ -32,6 +32,7 @@ from omegaconf import DictConfig
 
 from vaitrain.config import GROUPS, _parse, compose, group_options
 from vaitrain.errors import ConfigError, RunDirError
+from vaitrain.file_kinds import NotRegularFile, read_text
 from vaitrain.jobs import JobSpec, check_launcher, find_run_dir, make_launcher, missing_extra, run_job, run_jobs
 from vaitrain.track.files import write_text_atomic
 from vaitrain.track.rundir import CKPT_DIR, check_writable, create_unique_dir
@@ -315,7 +316,10 @@ def _open_search(overrides: Sequence[str]) -> tuple[Path, list[str], bool]:
         return Path(), list(overrides), False
     folder = Path(given[-1])
     try:
-        doc = json.loads((folder / SEARCH_FILE).read_text())
+        doc = json.loads(read_text(folder / SEARCH_FILE))
+    except NotRegularFile as err:  # a FIFO waited on for ever before
+        raise RunDirError(f"resume={folder}: cannot read {SEARCH_FILE} ({err.strerror}); pass the search folder "
+                          "as vaitrain wrote it") from None
     except (OSError, ValueError):
         raise RunDirError(f"resume={folder} is not a vaitrain search folder (no readable {SEARCH_FILE}); "
                           "pass runs/<date>/<time>-search-<id>") from None

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vaitrain.config import GROUPS, compose, expand_sweep
 from vaitrain.errors import ConfigError, RunDirError
+from vaitrain.file_kinds import NotRegularFile, read_text, special_kind
 from vaitrain.jobs import JobSpec, check_launcher, find_run_dir, make_launcher, one_line, run_jobs
 from vaitrain.track.files import write_text_atomic
 from vaitrain.track.rundir import CKPT_DIR, check_writable, create_unique_dir
@@ -114,7 +115,8 @@ def _stop_after(result: SweepResult, job: SweepJob) -> None:
 
 def _is_resume(overrides: Sequence[str]) -> Path | None:
     given = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == "resume"]
-    if given and (Path(given[-1]) / SWEEP_FILE).is_file():
+    # a sweep.json that is a FIFO or device is a sweep folder too: plan_resume refuses to read it
+    if given and ((Path(given[-1]) / SWEEP_FILE).is_file() or special_kind(Path(given[-1]) / SWEEP_FILE)):
         return Path(given[-1])
     return None
 
@@ -129,7 +131,7 @@ def plan_resume(sweep_dir: Path, extra: Sequence[str]) -> tuple[SweepResult, str
         raise ConfigError(f"'{bad[0]}': resuming a sweep runs its jobs as they were; only sweep.* "
                           "(e.g. sweep.parallel=2) may be given with resume=")
     try:
-        doc = json.loads((sweep_dir / SWEEP_FILE).read_text())
+        doc = json.loads(read_text(sweep_dir / SWEEP_FILE))
         jobs = [SweepJob(**j) for j in doc["jobs"]]
         for job in jobs:  # as vaitrain writes them: overrides as text, a run_dir inside the sweep folder
             if not isinstance(job.overrides, list) or not all(isinstance(o, str) for o in job.overrides) \
@@ -138,7 +140,8 @@ def plan_resume(sweep_dir: Path, extra: Sequence[str]) -> tuple[SweepResult, str
             if job.run_dir and not (sweep_dir / job.run_dir).resolve().is_relative_to(sweep_dir.resolve()):
                 raise ValueError(f"job {job.index}'s run_dir {job.run_dir} is outside the sweep folder")
     except (OSError, ValueError, TypeError, KeyError, RecursionError) as err:
-        raise RunDirError(f"cannot read {sweep_dir / SWEEP_FILE} ({err}); is it a vaitrain sweep folder?") from None
+        reason = err.strerror if isinstance(err, NotRegularFile) else err
+        raise RunDirError(f"cannot read {sweep_dir / SWEEP_FILE} ({reason}); is it a vaitrain sweep folder?") from None
     result = SweepResult(sweep_dir, list(doc.get("overrides", [])), jobs)
     todo = []
     for job in jobs:

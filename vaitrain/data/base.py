@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vaitrain import registry
-from vaitrain.errors import ConfigError
+from vaitrain.errors import ConfigError, DataError
 
 # Above this many bytes of decoded uint8 data, data.device_resident=auto streams instead.
 RESIDENT_LIMIT_BYTES = 2 * 1024**3
@@ -100,6 +100,20 @@ def derive_seed(*parts: int) -> int:
     """A 63-bit seed mixed from several integers (data seed, split, epoch ...), so that streams
     for different splits or epochs never coincide."""
     return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def carve_indices(n: int, cfg: Any, other: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train and validation indices of one split of n samples: data.val_fraction of it (at least
+    one) held out, drawn by data.seed. data.val_fraction=0 is refused: training needs a validation
+    split (best.pt, val/ metrics), and one sample was carved without a word. `other` names the
+    way to validate without carving (a val/ folder, val.csv)."""
+    fraction = float(cfg.val_fraction)
+    if fraction <= 0:
+        raise DataError(f"data.val_fraction=0 holds out no validation samples, but training needs a validation split "
+                        f"(it picks best.pt and reports val/ metrics): use e.g. data.val_fraction=0.1{other}")
+    n_val = min(n - 1, max(1, round(n * fraction)))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(int(cfg.seed), 0x7A)))
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
 
 
 def subset_indices(n: int, cap: int, seed: int, stream: int) -> torch.Tensor:

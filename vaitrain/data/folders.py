@@ -31,10 +31,11 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from vaitrain.data.base import Source, TensorSplit, derive_seed, register, resident_mode, subset_indices
+from vaitrain.data.base import Source, TensorSplit, carve_indices, register, resident_mode, subset_indices
 from vaitrain.data.images import (Fit, check_mask_ids, dataset_mode, fit_of, image_size_of, load_image, load_pair,
                                   parallel_map, resize_hint, scan_images, skipped_note, stack)
 from vaitrain.errors import DataError
+from vaitrain.file_kinds import read_bytes, special_kind
 
 _VAL_DIRS = ("val", "valid", "validation")
 _TEST_DIR = "test"  # beside train/: the held-out test split (never used for training or selection)
@@ -88,9 +89,8 @@ def _holdout(n: int, cfg: Any, what: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Train and val index sets of a single tree, split by data.val_fraction (seeded by data.seed)."""
     if n < 2:
         raise DataError(f"{what} has {n} sample(s): a train/val split needs at least 2")
-    n_val = min(n - 1, max(1, round(n * float(cfg.val_fraction))))
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(int(cfg.seed), 0x7A)))
-    return perm[n_val:].sort().values, perm[:n_val].sort().values
+    other = " (or give a val.csv beside train.csv)" if what.suffix == ".csv" else " (or add a val/ folder)"
+    return carve_indices(n, cfg, other)
 
 
 def _cap(items: Sequence[Any], cap: int, cfg: Any, stream: int) -> list[Any]:
@@ -449,15 +449,14 @@ def _spans(ids: list[int]) -> str:
 
 def _read_csv(path: Path, target_columns: list[str]) -> tuple[list[Path], torch.Tensor, list[str]]:
     try:  # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            text = f.read()
+        text = read_bytes(path).decode("utf-8-sig")  # a FIFO is refused, not waited on
         if "\x00" in text:  # binary: Python's csv reads NUL bytes into fields, and a path with one fails late
             raise DataError(f"{path} holds NUL bytes (a binary file, not a CSV): save it as UTF-8 text")
         rows = list(csv.reader(io.StringIO(text), delimiter=_delimiter(text)))
     except UnicodeDecodeError as err:
         raise DataError(f"cannot read CSV {path}: not UTF-8 text ({err.reason} at byte {err.start}): save it as UTF-8") from None
     except (OSError, csv.Error) as err:
-        raise DataError(f"cannot read CSV {path}: {err}") from None
+        raise DataError(f"cannot read CSV {path}: {getattr(err, 'strerror', None) or err}") from None
     rows = [r for r in rows if any(c.strip() for c in r)]
     if len(rows) < 2:
         raise DataError(f"{path} has no data rows: expected a header (path,<targets>...) and one row per image")
@@ -544,6 +543,9 @@ def build_csv_regression(cfg: Any, task: str) -> Source:
                  file_ok=True)
     columns = [str(c) for c in cfg.target_columns]
     if root.is_dir():
+        for name in ("train.csv", "val.csv", "test.csv"):
+            if special_kind(root / name):  # read as missing before
+                raise DataError(f"{root / name} is {special_kind(root / name)}, not a CSV file: replace it with the file")
         if not (root / "train.csv").is_file() or not (root / "val.csv").is_file():
             raise DataError(f"{root} needs train.csv and val.csv (or set data.root to one CSV file, split by data.val_fraction)")
         tr_paths, tr_y, names = _read_csv(root / "train.csv", columns)

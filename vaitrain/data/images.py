@@ -19,6 +19,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vaitrain.errors import DataError
+from vaitrain.file_kinds import not_regular_note
 
 IMG_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
@@ -99,7 +100,7 @@ def _check_pixels(im: Image.Image, path: Path) -> None:
 
 def _open(path: Path) -> Image.Image:
     if not path.is_file():
-        raise DataError(f"missing file {path}")
+        raise DataError(f"{not_regular_note(path) or f'missing file {path}'}")
     try:
         im = Image.open(path)
         _check_pixels(im, path)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vaitrain.data.base import Source, TensorSplit, derive_seed, register, subset_indices
+from vaitrain.data.base import Source, TensorSplit, carve_indices, register, subset_indices
 from vaitrain.data.images import load_image, load_pair, parallel_map, stack
 from vaitrain.data.matfile import load_mat
 from vaitrain.data.safe_pickle import load_arrays
@@ -122,9 +122,7 @@ def carve_val(n: int, cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
     the test split, so model selection never sees it."""
     if n < 2:
         raise DataError(f"the training split has {n} sample(s): carving a validation split needs at least 2")
-    n_val = min(n - 1, max(1, round(n * float(cfg.val_fraction))))
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(int(cfg.seed), 0x7A)))
-    return perm[n_val:].sort().values, perm[:n_val].sort().values
+    return carve_indices(n, cfg, "")
 
 
 def _classification(cfg: Any, train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from vaitrain.errors import CheckpointError, RunDirError
+from vaitrain.file_kinds import not_regular_note
 from vaitrain.torch_files import check_archive, load_error
 from vaitrain.track.files import torch_bytes, write_bytes_atomic
 
@@ -46,6 +47,9 @@ def remove_partial_checkpoints(folder: Path) -> None:
 
 def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     path = Path(path)
+    note = not_regular_note(path)
+    if note:  # a FIFO waited for ever in torch.load, a device never ended; 'no checkpoint at' misled
+        raise CheckpointError(f"{note}: give a checkpoint file (best, last or the path of a .pt file)")
     if not path.is_file():
         others = sorted(p.name for p in path.parent.glob("*.pt") if p.name != path.name) if path.parent.is_dir() else []
         if others:  # e.g. last.pt deleted by hand, best.pt still there

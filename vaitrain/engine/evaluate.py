@@ -97,6 +97,7 @@ def load_run_config(run_dir: Path, extra: list[str] = ()) -> tuple[DictConfig, l
     run_dir = Path(run_dir)
     if not rundir.is_run_dir(run_dir):
         raise RunDirError(f"'{run_dir}' is not a vaitrain run directory (no config.yaml / checkpoints/)")
+    rundir.check_run_files(run_dir)
     overrides = saved_overrides(run_dir) + list(extra)
     return compose(overrides), overrides
 
@@ -107,7 +108,7 @@ def load_run_checkpoint(run_dir: Path, checkpoint: str, overrides: list[str] = (
     stopped before its first validation) and its state, checked to be of the config's task."""
     cfg, _ = load_run_config(run_dir, list(overrides))
     path = resolve_checkpoint(run_dir, checkpoint)
-    if checkpoint == "best" and not path.is_file():
+    if checkpoint == "best" and not path.exists():  # (a FIFO best.pt is refused by load_checkpoint)
         path = resolve_checkpoint(run_dir, "last")
     state = load_checkpoint(path)
     check_task(path, state, cfg.task.name)

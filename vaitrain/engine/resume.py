@@ -25,6 +25,7 @@ def resume_overrides(run_dir: Path, extra: list[str]) -> list[str]:
             f"resume={run_dir} is not a vaitrain run directory (no config.yaml / checkpoints/); "
             "pass a folder like runs/<date>/<run>"
         )
+    rundir.check_run_files(run_dir)
     extra = [o for o in extra if not o.startswith("resume=")]
     return saved_overrides(run_dir) + extra + [f"resume={run_dir}"]
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from vaitrain.errors import ConfigError, RunDirError, VaitrainError
+from vaitrain.file_kinds import NotRegularFile, read_text
 from vaitrain.lab.base import SIZES, Finding, LabContext, Outcome, Topic
 from vaitrain.lab import inspections as _i
 from vaitrain.lab import training as _t
@@ -108,9 +109,10 @@ def _remove_if_unused(lab_dir: Path, made: Sequence[Path]) -> None:
 def read_lab(lab_dir: Path | str) -> dict:
     path = Path(lab_dir) / LAB_FILE
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(read_text(path))  # a FIFO is refused, not waited on
     except (OSError, ValueError, RecursionError) as err:
-        raise RunDirError(f"cannot read {path} ({err}); is '{lab_dir}' a lab folder?") from None
+        reason = err.strerror if isinstance(err, NotRegularFile) else err
+        raise RunDirError(f"cannot read {path} ({reason}); is '{lab_dir}' a lab folder?") from None
     if not isinstance(doc, dict):  # (a list or number here was an AttributeError traceback)
         raise RunDirError(f"cannot read {path} (not a JSON object as vaitrain writes it); is '{lab_dir}' a lab folder?")
     return doc

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from vaitrain.errors import CheckpointError, ConfigError
+from vaitrain.file_kinds import not_regular_note
 from vaitrain.torch_files import check_archive, load_error
 
 # vaitrain model names whose default build has torchvision's layout (and ImageNet weights there)
@@ -83,6 +84,9 @@ def resolve_weights_path(spec: str, model_name: str) -> Path:
     if path.is_dir():
         raise CheckpointError(f"model.weights={spec} is a folder: give the state_dict file in it (a .pth file), or "
                               "init_from=RUN_DIR for a vaitrain run")
+    note = not_regular_note(path)
+    if note:
+        raise CheckpointError(f"model.weights={note}: give a state_dict .pth file")
     if not path.is_file():
         raise CheckpointError(f"model.weights={spec}: no such file; give a state_dict .pth file (e.g. torchvision's "
                               "resnet18-f37072fd.pth) or model.weights=imagenet")

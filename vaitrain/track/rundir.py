@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from vaitrain.errors import RunDirError
+from vaitrain.file_kinds import not_regular_note, special_kind
 from vaitrain.track.files import write_text_atomic
 
 CONFIG_FILE = "config.yaml"
@@ -126,10 +127,24 @@ def create_run_dir(
 
 
 def is_run_dir(path: Path) -> bool:
+    """config.yaml, and metrics.jsonl or checkpoints/. A FIFO or device in a file's place counts as
+    the file: check_run_files then refuses it in one line ('not a run directory' misled)."""
     path = Path(path)
-    return (path / CONFIG_FILE).is_file() and (
-        (path / METRICS_FILE).is_file() or (path / CKPT_DIR).is_dir()
-    )
+
+    def there(p: Path) -> bool:
+        return p.is_file() or special_kind(p) not in (None, "a folder")
+
+    return there(path / CONFIG_FILE) and (there(path / METRICS_FILE) or (path / CKPT_DIR).is_dir())
+
+
+def check_run_files(path: Path) -> None:
+    """RunDirError when a run's own file is a named pipe, device or socket: reading it would wait for
+    ever (a FIFO) or never end (/dev/zero); such a file is never what vaitrain wrote."""
+    for name in (CONFIG_FILE, OVERRIDES_FILE, METRICS_FILE, ENV_FILE, f"{CKPT_DIR}/best.pt", f"{CKPT_DIR}/last.pt"):
+        note = not_regular_note(Path(path) / name)
+        if note:
+            raise RunDirError(f"{note}; a run's {name} is a file vaitrain writes: restore it from a copy of the run "
+                              "or train again")
 
 
 def environment(device: torch.device) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any, Iterator, Sequence
 
 from vaitrain.errors import RunDirError
 from vaitrain.track.metrics_log import read_metrics
-from vaitrain.track.rundir import CONFIG_FILE, METRICS_FILE, OVERRIDES_FILE, TB_DIR, is_run_dir
+from vaitrain.track.rundir import CONFIG_FILE, METRICS_FILE, OVERRIDES_FILE, TB_DIR, check_run_files, is_run_dir
 
 # metrics.jsonl keys that describe a record rather than measure something
 _JSONL_META = {"kind", "epoch", "step", "time", "status", "params", "wall_time"}
@@ -199,6 +199,7 @@ def load_run(path: Path | str) -> Run:
     path = Path(path)
     if not is_run_dir(path):
         raise RunDirError(f"'{path}' is not a run directory (it needs config.yaml and metrics.jsonl)")
+    check_run_files(path)
     try:
         text = (path / CONFIG_FILE).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:

@@ -1,0 +1,219 @@
+"""Adversarial suite, third pass: classes of hostile input the first two passes did not cover.
+Spreadsheet formulas in the CSVs vaitrain writes, named pipes and devices where a file is read,
+stop signals during eval/predict/export start-up, torch files whose tensors claim huge storages,
+data.val_fraction=0, and more (see each section). A refusal is one line, exit 2, no traceback,
+nothing written; an accepted input is checked against a hand computation."""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from adversarial import cli, refused, snapshot, the_run
+
+RNG = np.random.default_rng(3)
+TINY16 = ["model=resnet20", "model.width_mult=0.25", "norm=layer", "optim=sgd", "optim.lr=0.05",
+          "data.image_size=16", "trainer.batch_size=4", "trainer.epochs=1", "trainer.log_every=1",
+          "trainer.progress=none", "trainer.image_every=0", "trainer.threads=1", "trainer.device=cpu"]
+# class folders a spreadsheet would read as formulas (the last one is harmless text)
+HOSTILE_CLASSES = ["=1+2", "+SUM(1)", "-2+3", "@A1", "cat"]
+
+
+def png(path: Path, arr: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def folder_data(root: Path, classes=("a", "b"), n: int = 4, splits=("train", "val"), size: int = 16) -> Path:
+    for split in splits:
+        for k, c in enumerate(classes):
+            for i in range(n):
+                arr = np.full((size, size, 3), 40 * k, np.uint8) + RNG.integers(0, 30, (size, size, 3), dtype=np.uint8)
+                png(root / split / c / f"{i}.png", arr)
+    return root
+
+
+@pytest.fixture(scope="module")
+def hostile_run(tmp_path_factory) -> Path:
+    """A 1-epoch run on an image folder whose class names start with = + - @."""
+    base = tmp_path_factory.mktemp("hostile")
+    data = folder_data(base / "data", HOSTILE_CLASSES, n=2)
+    result = cli(["train", *TINY16, "data=image_folder", f"data.root={data}", f"out_dir={base / 'runs'}"])
+    assert result.exit_code == 0, result.output
+    return the_run(base / "runs")
+
+
+# ----- 1. spreadsheet formulas in the CSVs vaitrain writes ----------------------------------------
+
+def _cells(text: str) -> list[list[str]]:
+    return list(csv.reader(io.StringIO(text)))
+
+
+def test_safe_cell_follows_owasp_and_keeps_numbers():
+    from vaitrain.csv_cells import safe_cell
+
+    for bad in ["=1+2", "+SUM(1)", "-2+3", "@A1", "\tx", "\rx", "=", "-", "+inf", "-nan"]:
+        assert safe_cell(bad) == "'" + bad
+    for ok in ["cat", "", "1e-3", "-2", "-0.5", "+3", ".5", "-1.5e+07", "a=b", " =x"]:
+        assert safe_cell(ok) == ok
+    assert safe_cell(-0.25) == -0.25 and safe_cell(-3) == -3 and safe_cell(None) is None
+
+
+def test_predict_csv_never_holds_a_formula(hostile_run, tmp_path):
+    images = hostile_run.parent.parent.parent / "data" / "val"
+    out = tmp_path / "p.csv"
+    result = cli(["predict", hostile_run, images, "--out", out, "--topk", "5"])
+    assert result.exit_code == 0, result.output
+    for text in (out.read_text(), cli(["predict", hostile_run, images, "--topk", "5"]).stdout):
+        rows = _cells(text)
+        assert len(rows) == 1 + 2 * len(HOSTILE_CLASSES)
+        classes = {c for row in rows[1:] for c in row[1::2]}
+        # every class named once per row, the formula-like ones with the quote a spreadsheet shows as text
+        assert classes == {"'=1+2", "'+SUM(1)", "'-2+3", "'@A1", "cat"}
+        probs = [float(p) for row in rows[1:] for p in row[2::2]]
+        assert all(0 <= p <= 1 for p in probs)
+        assert not any(cell[:1] in "=+-@" and cell[:1] for row in rows for cell in row)
+
+
+def test_compare_runs_and_bench_csv_never_hold_a_formula(hostile_run, tmp_path):
+    other = Path(shutil.copytree(hostile_run, tmp_path / "other"))
+    cfg = other / "config.yaml"
+    cfg.write_text(re.sub(r"(?m)^  root: .*$", "  root: '=HYPERLINK(\"http://x\")'", cfg.read_text(), count=1))
+    result = cli(["compare-runs", hostile_run, other, "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    rows = _cells(result.stdout)
+    assert "'=HYPERLINK(\"http://x\")" in rows[-1] + rows[-2], rows
+    assert not any(cell[:1] in "=+@" and cell[:1] for row in rows for cell in row)
+
+    from vaitrain.bench.report import BenchReport, _csv
+
+    text = _csv(BenchReport(rows=[{"model": "=cmd|' /C calc'!A0", "img_s": -1.5}], environment={"host": "@evil"},
+                                    settings={}))
+    assert _cells(text) == [["model", "img_s", "env_host"], ["'=cmd|' /C calc'!A0", "-1.5", "'@evil"]]
+
+
+# ----- 2. named pipes and devices where a file is read ---------------------------------------------
+
+class Unblocker:
+    """While a test runs: any reader that blocks on `fifo` gets end-of-file at once, so a regression
+    fails the test with a wrong message instead of hanging the suite."""
+
+    def __init__(self, *fifos: Path):
+        import threading
+
+        self.fifos, self.stop = fifos, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.05):
+            for fifo in self.fifos:
+                try:
+                    os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # ENXIO while no reader waits
+                except OSError:
+                    pass
+
+    def __enter__(self) -> "Unblocker":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def fifo(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        path.unlink()
+    os.mkfifo(path)
+    return path
+
+
+PIPE = r"is a named pipe \(FIFO\), not a"
+
+
+@pytest.mark.parametrize("command, name", [
+    ("eval", "config.yaml"), ("eval", "checkpoints/best.pt"), ("predict", "checkpoints/best.pt"),
+    ("export", "checkpoints/best.pt"), ("compare-runs", "metrics.jsonl"), ("report", "metrics.jsonl"),
+    ("resume", "overrides.txt"), ("eval", "env.json"),
+])
+def test_a_runs_file_that_is_a_fifo(hostile_run, tmp_path, command, name):
+    run = Path(shutil.copytree(hostile_run, tmp_path / "run"))
+    pipe = fifo(run / name)
+    photo = next((hostile_run.parent.parent.parent / "data" / "val" / "cat").glob("*.png"))
+    args = {"eval": ["eval", run], "predict": ["predict", run, photo],
+            "export": ["export", run, "--format", "torchscript", "--out", tmp_path / "m.pt"],
+            "compare-runs": ["compare-runs", run], "report": ["report", run, "--out", tmp_path / "r.html"],
+            "resume": ["train", f"resume={run}", "trainer.epochs=2"]}[command]
+    before = snapshot(tmp_path)
+    with Unblocker(pipe):
+        refused(cli(args), rf"{run}/{name} {PIPE} regular file; a run's {name} is a file vaitrain writes")
+    assert snapshot(tmp_path) == before and pipe.exists()
+
+
+def test_files_given_on_the_command_line_that_are_fifos_or_devices(hostile_run, tmp_path):
+    pipe = fifo(tmp_path / "w.pt")
+    with Unblocker(pipe):
+        refused(cli(["eval", hostile_run, "--checkpoint", pipe]), rf"^error: {pipe} {PIPE} regular file: give a checkpoint")
+        refused(cli(["train", *TINY16, f"model.weights={pipe}", f"out_dir={tmp_path / 'runs'}"]),
+                rf"^error: model.weights={pipe} {PIPE} regular file: give a state_dict .pth file$")
+        refused(cli(["predict", hostile_run, pipe]), rf"^error: {pipe} {PIPE}n image file: give image files")
+    refused(cli(["train", *TINY16, "model.weights=/dev/zero", f"out_dir={tmp_path / 'runs'}"]),
+            r"^error: model.weights=/dev/zero is a character device, not a regular file")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("what", ["sweep", "search", "lab", "train.csv", "image"])
+def test_a_fifo_inside_a_folder_vaitrain_reads(tmp_path, what):
+    out = tmp_path / "runs"
+    if what == "sweep":
+        pipe = fifo(tmp_path / "sw" / "sweep.json")
+        args, pattern = ["train", "-m", f"resume={pipe.parent}"], rf"cannot read {pipe} \(a named pipe \(FIFO\), not a"
+    elif what == "search":
+        pipe = fifo(tmp_path / "se" / "search.json")
+        args, pattern = ["search", f"resume={pipe.parent}"], r"cannot read search.json \(a named pipe \(FIFO\), not a"
+    elif what == "lab":
+        pipe = fifo(tmp_path / "lab" / "lab.json")
+        args, pattern = ["lab", "init", "--resume", pipe.parent], rf"cannot read {pipe} \(a named pipe \(FIFO\), not a"
+    elif what == "train.csv":
+        pipe = fifo(tmp_path / "csv" / "train.csv")
+        (tmp_path / "csv" / "val.csv").write_text("path,y\n")
+        args = ["train", *TINY16, "task=regression", "data=csv_regression", f"data.root={pipe.parent}", f"out_dir={out}"]
+        pattern = rf"{pipe} {PIPE} CSV file"
+    else:
+        data = folder_data(tmp_path / "data", n=2)
+        pipe = fifo(data / "train" / "a" / "9.png")
+        args = ["train", *TINY16, "data=image_folder", f"data.root={data}", f"out_dir={out}"]
+        pattern = rf"{pipe} is a broken link or not a regular file"
+    with Unblocker(pipe):
+        refused(cli(args), pattern)
+    assert not out.exists()
+
+
+# ----- 5. data.val_fraction=0 ---------------------------------------------------------------------
+
+def test_val_fraction_zero_is_refused_where_a_split_is_carved(tmp_path):
+    one_tree = folder_data(tmp_path / "tree", n=4, splits=("train",)) / "train"
+    out = tmp_path / "runs"
+    refused(cli(["train", *TINY16, "data=image_folder", f"data.root={one_tree}", "data.val_fraction=0", f"out_dir={out}"]),
+            r"^error: data.val_fraction=0 holds out no validation samples, but training needs a validation split .*"
+            r"use e.g. data.val_fraction=0.1 \(or add a val/ folder\)$")
+    assert not out.exists()
+    # with a val/ folder nothing is carved: 0 is fine, and every training image is trained on
+    from vaitrain.data import build_data
+    from omegaconf import OmegaConf
+    from vaitrain.schema.data import DataConfig
+
+    both = folder_data(tmp_path / "both", n=3)
+    cfg = OmegaConf.structured(DataConfig(name="image_folder", root=str(both), image_size=16, val_fraction=0.0,
+                                          num_workers=0))
+    bundle = build_data(cfg, "classification", device="cpu", batch_size=2, val_batch_size=100, seed=0)
+    assert sum(len(y) for _, y in bundle.train) == 6 and sum(len(y) for _, y in bundle.val) == 6
