@@ -10,9 +10,10 @@
 against a bare script doing the same training and validation by hand (import torch, the same
 network built by vaitrain.models, torch's optimizer of the same kind, pre-normalized tensors, no
 augmentation on either side). The bare side is charged the CPU time of generating the same shapes
-data in this process. Runs alternate whole/bare/bare (the second bare run is the A/A control, its
-ratio should read 1.00 within the noise) for --repeats rounds; prints medians, ratios and the
-per-run fixed cost (whole - bare CPU seconds).
+data in this process. Runs alternate whole/bare/bare/bare-with-vaitrain's-exit (the second bare run
+is the A/A control, its ratio should read 1.00 within the noise; the third skips the interpreter's
+exit collection as `vaitrain` does, for a like-for-like ratio of vaitrain's own cost) for --repeats
+rounds; prints medians, ratios and the per-run fixed cost (whole - bare CPU seconds).
 
 vaitrain runs the real `vaitrain train` path (device-resident loader with crop/flip/normalize,
 records, TensorBoard, checkpoints); its img/s is the one the engine reports per epoch (training
@@ -99,9 +100,15 @@ def _child_cpu(cmd: list[str]) -> float:
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def bare_child(spec_path: str) -> None:
-    """The bare loop, run as its own process: no vaitrain beyond building the same network."""
+def bare_child(spec_path: str, same_exit: bool = False) -> None:
+    """The bare loop, run as its own process: no vaitrain beyond building the same network.
+    same_exit: skip the interpreter's exit collection as the vaitrain command does (like for like)."""
     import json
+
+    if same_exit:
+        from vaitrain.process_env import skip_exit_collection
+
+        skip_exit_collection()
 
     import torch
     import torch.nn.functional as F
@@ -167,19 +174,24 @@ def whole(overrides: list[str], repeats: int) -> None:
                 "lr": float(cfg.optim.lr), "batch": int(cfg.trainer.batch_size), "epochs": int(cfg.trainer.epochs)}
         spec_file = os.path.join(tmp, "spec.json")
         open(spec_file, "w").write(json.dumps(spec))
-        ours, bare, control = [], [], []
+        ours, bare, control, alike = [], [], [], []
         for r in range(repeats):
             ours.append(_child_cpu([sys.executable, "-m", "vaitrain", "train", *overrides, f"out_dir={tmp}/runs{r}"]))
             bare.append(_child_cpu([sys.executable, __file__, "--bare-child", spec_file]) + gen_cpu)
             control.append(_child_cpu([sys.executable, __file__, "--bare-child", spec_file]) + gen_cpu)
-    a, b, c = statistics.median(ours), statistics.median(bare), statistics.median(control)
+            alike.append(_child_cpu([sys.executable, __file__, "--bare-child", spec_file, "--same-exit"]) + gen_cpu)
+    a, b, c, d = (statistics.median(v) for v in (ours, bare, control, alike))
     print(f"overrides: {' '.join(overrides)}")
     print(f"torch {torch.__version__}; CPU seconds per process (user+sys), {repeats} rounds")
     print(f"vaitrain train  : {a:.2f} s  ({', '.join(f'{v:.2f}' for v in ours)})")
     print(f"bare loop       : {b:.2f} s  ({', '.join(f'{v:.2f}' for v in bare)})  incl. {gen_cpu:.2f} s data")
     print(f"bare loop (A/A) : {c:.2f} s  ({', '.join(f'{v:.2f}' for v in control)})")
+    print(f"bare, same exit : {d:.2f} s  ({', '.join(f'{v:.2f}' for v in alike)})")
     print(f"whole-path ratio (bare / vaitrain, speed): {b / a:.3f}   A/A control: {b / c:.3f}")
     print(f"per-run fixed cost: {a - b:.2f} CPU s")
+    # vaitrain skips the interpreter's exit collection (process_env.skip_exit_collection), which a bare
+    # script pays too: this ratio gives the bare loop the same exit, so it shows vaitrain's own cost
+    print(f"like for like (bare with the same exit / vaitrain): {d / a:.3f}   vaitrain's own cost: {a - d:.2f} CPU s")
 
 
 def cli_costs(repeats: int) -> None:
@@ -194,7 +206,7 @@ def cli_costs(repeats: int) -> None:
 
 def main() -> None:
     if sys.argv[1:2] == ["--bare-child"]:
-        bare_child(sys.argv[2])
+        bare_child(sys.argv[2], same_exit="--same-exit" in sys.argv[3:])
         return
     args = sys.argv[1:]
     repeats = 3

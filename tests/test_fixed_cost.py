@@ -55,3 +55,23 @@ def test_a_training_run_imports_no_torchvision_rich_or_other_datasets(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "['vaitrain.data.shapes', 'vaitrain.tasks.images']"
     assert list(tmp_path.glob("*/*/tb/events.out.tfevents.*")), "the run wrote its TensorBoard records"
+
+
+@pytest.mark.parametrize("entry, frozen", [("from vaitrain.cli import main; main()", True),
+                                           ("from vaitrain.cli import app; app()", False)])
+def test_the_console_entry_skips_the_exit_collection_and_still_flushes(entry: str, frozen: bool, tmp_path):
+    """The console entry freezes the heap in its last exit handler (the interpreter's exit-time full
+    collections are skipped); a handler registered before it runs after it and sees the freeze. The
+    same app called without the entry (as tests and library users do) leaves the exit alone. Output
+    printed just before exit still arrives whole."""
+    import subprocess
+    import sys
+
+    probe = tmp_path / "probe.txt"
+    code = ("import atexit, gc, sys\n"
+            f"atexit.register(lambda: open({str(probe)!r}, 'w').write(str(gc.get_freeze_count() > 0)))\n"
+            "sys.argv = ['vaitrain', 'options', 'optim']\n" + entry + "\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert probe.read_text() == str(frozen)
+    assert "lr" in out.stdout and out.stdout.endswith("\n")

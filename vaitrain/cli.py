@@ -328,15 +328,17 @@ def eval_(
     split: str = typer.Option("val", "--split", help="val (the split that chose best.pt) or test (held out)."),
 ) -> None:
     """Metrics of a run's checkpoint on its validation or test split, with per-class scores."""
-    from vaitrain.engine import evaluate_run
+    from vaitrain.interrupts import command_signals
 
-    from vaitrain.track.progress import for_stderr
+    with command_signals("eval"):  # SIGTERM in torch's import was the default death: one line instead
+        from vaitrain.engine import evaluate_run
+        from vaitrain.track.progress import for_stderr
 
-    progress = for_stderr()
-    try:
-        result = evaluate_run(run_dir, checkpoint, list(overrides or []), split=split, progress=progress)
-    finally:
-        progress.close()
+        progress = for_stderr()
+        try:
+            result = evaluate_run(run_dir, checkpoint, list(overrides or []), split=split, progress=progress)
+        finally:
+            progress.close()
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
@@ -517,15 +519,18 @@ def predict(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda ... (default: the run's trainer.device)."),
 ) -> None:
     """A trained model on new image files, with the run's own preprocessing and normalization."""
-    from vaitrain.predict import format_rows, predict as run_predict, summary_lines
-    from vaitrain.track.progress import for_stderr
+    from vaitrain.interrupts import command_signals
 
-    progress = for_stderr()
-    try:
-        result = run_predict(run_dir, paths, checkpoint=checkpoint, out=out, topk=topk, batch_size=batch_size,
-                             overlay=overlay, device=device, progress=progress)
-    finally:
-        progress.close()  # finish() alone leaves a terminal's live display running
+    with command_signals("predict"):
+        from vaitrain.predict import format_rows, predict as run_predict, summary_lines
+        from vaitrain.track.progress import for_stderr
+
+        progress = for_stderr()
+        try:
+            result = run_predict(run_dir, paths, checkpoint=checkpoint, out=out, topk=topk, batch_size=batch_size,
+                                 overlay=overlay, device=device, progress=progress)
+        finally:
+            progress.close()  # finish() alone leaves a terminal's live display running
     for line in [*result.notes, *(f"skipped {e}" for e in result.errors)]:
         typer.echo(line, err=True)
     if not result.rows:
@@ -540,6 +545,7 @@ def predict(
 @one_line_errors
 def export(
     run_dir: Path = typer.Argument(..., help="A run directory (runs/<date>/<run>)."),
+    more: Optional[List[str]] = typer.Argument(None, hidden=True),  # a glob that matched several runs: named
     fmt: str = typer.Option(..., "--format", help="onnx or torchscript."),
     out: Path = typer.Option(..., "--out", help="The file to write (model.onnx, model.pt); FILE.json describes it."),
     checkpoint: str = typer.Option("best", help="best, last, or a path to a .pt file."),
@@ -548,9 +554,18 @@ def export(
         help="Bake the mean/std in (input x/255 in [0, 1]); without: input normalized as FILE.json says."),
 ) -> None:
     """Export a trained model (eval mode, dynamic batch) and check the file against PyTorch."""
-    from vaitrain.export import export_run
+    from vaitrain.interrupts import command_signals
 
-    r = export_run(run_dir, fmt, out, checkpoint=checkpoint, include_normalization=include_normalization)
+    if more:
+        from vaitrain.track.one_run import refuse_more_runs
+
+        refuse_more_runs(run_dir, more, "export")  # a ConfigError: one_line_errors prints it
+        fail(f"`vaitrain export` takes one run directory, then options (--format, --out, --checkpoint); "
+             f"'{more[0]}' is one argument too many")
+    with command_signals("export"):
+        from vaitrain.export import export_run
+
+        r = export_run(run_dir, fmt, out, checkpoint=checkpoint, include_normalization=include_normalization)
     typer.echo(f"wrote {r.path} ({r.format}, input batch x {' x '.join(map(str, r.input_shape))}) and {r.sidecar}")
     if r.checked_with:
         typer.echo(f"checked with {r.checked_with}: max abs diff {r.max_abs_diff:.3g} vs PyTorch "
@@ -608,8 +623,10 @@ def report(
 def main() -> None:
     # how the process was started (closed or vanishing stdout/stderr, a deleted working directory,
     # an undecodable command line, a garbage OMP_NUM_THREADS): settled before any command runs
-    from vaitrain.process_env import check_environment, guard_output_streams, open_std_fds, quiet_matplotlib_dir_notice
+    from vaitrain.process_env import (check_environment, guard_output_streams, open_std_fds,
+                                      quiet_matplotlib_dir_notice, skip_exit_collection)
 
+    skip_exit_collection()
     open_std_fds()
     guard_output_streams()
     quiet_matplotlib_dir_notice()
