@@ -128,3 +128,22 @@ def test_search_names_the_best_values_as_overrides_to_train_with(tmp_path):
     assert float(given["optim.lr"]) == saved["optim"]["lr"] and given["optim"] == saved["optim"]["name"]
     composed = config.compose(m.group(1).split())  # what `vaitrain train <those>` composes
     assert composed.optim.lr == saved["optim"]["lr"] and composed.optim.name == saved["optim"]["name"]
+
+
+def test_inspect_table_at_80_columns_keeps_names_whole(monkeypatch):
+    """`vaitrain inspect model=plain_mlp` on an 80-column terminal: the table is 83 columns with
+    two paddings around each column rule, so rich folded every name ('Line|ar', 'body.|1',
+    '128x2|56') although one space between columns fits it in 76."""
+    from vaitrain import cli
+
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setattr(cli._Console, "made", None)  # a console of the 80 columns
+    r = CliRunner().invoke(app, ["inspect", "model=plain_mlp", "model.act=relu", "model.init=he",
+                                 "data.num_train=128", "data.num_val=64"])
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert max(map(len, lines)) <= 80
+    body = [line.split() for line in lines if line.strip().startswith(("body.", "fc "))]
+    # plain_mlp's default depth: Linear+ReLU pairs named body.<index>, then the head fc
+    assert len(body) >= 10 and all(row[1] in ("Linear", "ReLU") and "x" in row[2] for row in body)
+    assert all(row[0].startswith("body.") and row[0][5:].isdigit() for row in body[:-1])

@@ -185,6 +185,7 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
     # the title stays on one line (a 2-column table is narrower than its title); numbers are never
     # split across lines: the text columns (layer names, notes) fold instead
     from rich import box
+    from rich.measure import Measurement
     from rich.table import Table
 
     wide = len(columns) >= 6  # light rules: 8 columns of numbers fit about 100 columns whole
@@ -195,6 +196,10 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
         table.add_column(col, overflow="fold", no_wrap=numeric, justify="right" if numeric else "left")
     for row in rows:
         table.add_row(*[_cell(v) for v in row])
+    # SIMPLE_HEAD's column rule is a space between two paddings: when the whole table is wider than
+    # the terminal, share one padding before layer names and shapes fold ('Line|ar' at 80 columns)
+    if wide and Measurement.get(console, console.options.update_width(10_000), table).maximum > console.width:
+        table.collapse_padding = True
     return table
 
 

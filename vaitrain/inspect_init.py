@@ -167,7 +167,7 @@ def inspect_jobs(overrides: Sequence[str]) -> InspectResult:
 
 
 def table(job: InspectJob) -> tuple[list[str], list[list[Any]]]:
-    columns = ["layer", "type", "output shape", "act mean", "act var", "grad norm", "grad rms", "weight var"]
+    columns = ["layer", "type", "shape", "act mean", "act var", "grad norm", "grad rms", "weight var"]
     rows = [[r["name"], r["type"], "x".join(map(str, r["shape"])), r["act_mean"], r["act_var"],
              r["grad_norm"], r["grad_rms"], r.get("weight_var", "")] for r in job.rows]
     return columns, rows
