@@ -10,6 +10,10 @@ import io
 import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -217,3 +221,99 @@ def test_val_fraction_zero_is_refused_where_a_split_is_carved(tmp_path):
                                           num_workers=0))
     bundle = build_data(cfg, "classification", device="cpu", batch_size=2, val_batch_size=100, seed=0)
     assert sum(len(y) for _, y in bundle.train) == 6 and sum(len(y) for _, y in bundle.val) == 6
+
+
+# ----- 3. stop signals during eval / predict / export ---------------------------------------------
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("command", ["eval", "predict", "export"])
+def test_a_stop_signal_while_loading_is_one_line(hostile_run, tmp_path, monkeypatch, command, signum):
+    import torch
+
+    real = torch.load
+
+    def load_then_signal(*args, **kwargs):
+        os.kill(os.getpid(), signum)  # arrives while the checkpoint is read
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", load_then_signal)
+    photo = next((hostile_run.parent.parent.parent / "data" / "val" / "cat").glob("*.png"))
+    args = {"eval": ["eval", hostile_run], "predict": ["predict", hostile_run, photo, "--out", tmp_path / "p.csv"],
+            "export": ["export", hostile_run, "--format", "torchscript", "--out", tmp_path / "m.pt"]}[command]
+    refused(cli(args), rf"^error: stopped by {signal.Signals(signum).name} before `vaitrain {command}` finished; "
+            "run it again$", code=128 + signum)
+    assert not list(tmp_path.iterdir())
+
+
+def test_sigterm_while_eval_imports_in_a_real_process(hostile_run):
+    """SIGTERM a fresh `python -m vaitrain eval` during its imports: it was the default death (143, no word)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "vaitrain", "eval", str(hostile_run)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # torch is still importing (several seconds here)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, (proc.returncode, stderr)
+    assert stderr == "error: stopped by SIGTERM before `vaitrain eval` finished; run it again\n" and not stdout
+
+
+def test_export_given_two_runs_or_an_extra_argument(hostile_run, tmp_path):
+    other = Path(shutil.copytree(hostile_run, tmp_path / "other"))
+    out = tmp_path / "m.onnx"
+    refused(cli(["export", hostile_run, other, "--format", "onnx", "--out", out]),
+            rf"^error: 2 run directories given \({hostile_run}, {other}\): a glob matched several runs; "
+            r"`vaitrain export` takes one, e.g. the newest: ")
+    refused(cli(["export", hostile_run, "junk", "--format", "onnx", "--out", out]),
+            r"^error: `vaitrain export` takes one run directory, then options \(--format, --out, --checkpoint\); "
+            r"'junk' is one argument too many$")
+    assert not out.exists()
+
+
+# ----- 4. torch files whose tensors claim more data than they hold --------------------------------
+
+def _legacy_bytes(obj) -> bytes:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf, _use_new_zipfile_serialization=False)
+    return buf.getvalue()
+
+
+def _claiming(data: bytes, numel: int) -> bytes:
+    """The legacy file with its storage's element count (4, as a 1-byte int) replaced by numel."""
+    key = b"X\x03\x00\x00\x00cpuq\x06K\x04N"  # location 'cpu', memo 6, then the count 4, then None
+    assert data.count(key) == 1
+    return data.replace(key, key[:-3] + b"\x8a\x08" + numel.to_bytes(8, "little") + b"N")
+
+
+@pytest.mark.parametrize("numel", [2 ** 31, 2 ** 40, 2 ** 62])
+def test_legacy_torch_file_claiming_huge_storages_is_refused_before_allocating(hostile_run, tmp_path, monkeypatch,
+                                                                              numel):
+    import resource
+
+    import torch
+
+    path = tmp_path / "huge.pt"
+    path.write_bytes(_claiming(_legacy_bytes({"w": torch.zeros(4)}), numel))
+    real, calls = torch.load, []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(a) or real(*a, **k))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    claim = rf"its tensors claim {numel * 4:,} bytes of data but the file holds {path.stat().st_size:,}; refused"
+    refused(cli(["eval", hostile_run, "--checkpoint", path]), rf"^error: checkpoint '{path}' is truncated or corrupt: {claim}")
+    refused(cli(["train", *TINY16, f"model.weights={path}", f"out_dir={tmp_path / 'runs'}"]),
+            rf"^error: weights file '{path}' is truncated or corrupt: {claim}")
+    assert not calls  # torch.load never ran: nothing was allocated
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB
+
+
+def test_legacy_torch_weights_that_are_honest_still_load(tmp_path):
+    """The pre-check reads the claims of a real legacy file as within its size: such weights load."""
+    import torch
+
+    from vaitrain.models.weights import read_state_dict
+
+    state = {"a.weight": torch.randn(3, 5), "a.bias": torch.randn(3).double(), "n": torch.arange(7)}
+    path = tmp_path / "old.pth"
+    path.write_bytes(_legacy_bytes(state))
+    got = read_state_dict(path)
+    assert got.keys() == state.keys() and all(torch.equal(got[k], state[k]) for k in state)
