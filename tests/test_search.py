@@ -88,6 +88,9 @@ def test_search_space_syntax() -> None:
     (["optim.lr=log(1e-4,1e-1)", "search.storage=runs/x.db"], "no database URL"),
     (["optim.lr=log(1e-4,1e-1)", "search.storage=sqlite:////nonexistent/dir/x.db"], "cannot open it"),
     (["resume=/nonexistent"], "not a vaitrain search folder"),
+    (["optim.lr=log(1e-4,1e-1)", "search.metric=val/loss", "search.direction=maximize"],
+     "search.direction=maximize contradicts val/loss, for which lower is better"),
+    (["optim.lr=log(1e-4,1e-1)", "search.direction=minimize"], "contradicts val/acc1, for which higher is better"),
 ])
 def test_bad_search_is_one_line_and_writes_nothing(tmp_path: Path, args: list[str], message: str) -> None:
     res = CliRunner().invoke(app, ["search", *args, f"out_dir={tmp_path / 'o'}"])

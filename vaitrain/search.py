@@ -161,8 +161,13 @@ def objective(cfg: DictConfig, known_only: bool = True) -> tuple[str, str]:
     if section == "val_ema" and not bool(cfg.trainer.ema):
         raise ConfigError(f"search.metric={metric}: val_ema/ metrics need an EMA of the weights, e.g. trainer.ema=0.999")
     direction = str(cfg.search.direction)
+    natural = {"max": "maximize", "min": "minimize"}.get(modes.get(name, ""), "")  # "" for a custom metric
     if direction == "auto":
-        direction = "maximize" if modes[name] == "max" else "minimize"  # name is known: checked above
+        direction = natural  # name is known: checked above
+    elif natural and direction != natural:  # maximize val/loss: the study would hunt for the worst runs
+        raise ConfigError(f"search.direction={direction} contradicts {metric}, for which "
+                          f"{'higher' if natural == 'maximize' else 'lower'} is better: drop search.direction "
+                          "(auto follows the metric)")
     return metric, direction
 
 
