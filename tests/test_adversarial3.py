@@ -317,3 +317,43 @@ def test_legacy_torch_weights_that_are_honest_still_load(tmp_path):
     path.write_bytes(_legacy_bytes(state))
     got = read_state_dict(path)
     assert got.keys() == state.keys() and all(torch.equal(got[k], state[k]) for k in state)
+
+
+# ----- paths over the system's limits; file names that are not UTF-8 ------------------------------
+
+LONG = "n" * 300  # over the 255 bytes a file name may have
+
+
+@pytest.mark.parametrize("where", ["data.root", "out_dir", "eval", "predict --out", "export --out", "model.weights"])
+def test_a_path_too_long_for_the_system_is_one_line(hostile_run, tmp_path, where):
+    long = tmp_path / LONG
+    out = tmp_path / "runs"
+    args = {"data.root": ["train", *TINY16, "data=image_folder", f"data.root={long}", f"out_dir={out}"],
+            "out_dir": ["train", *TINY16, f"out_dir={long}"],
+            "eval": ["eval", long],
+            "predict --out": ["predict", hostile_run, hostile_run.parent.parent.parent / "data" / "val",
+                              "--out", f"{long}.csv"],
+            "export --out": ["export", hostile_run, "--format", "torchscript", "--out", f"{long}.pt"],
+            "model.weights": ["train", *TINY16, f"model.weights={long}.pt", f"out_dir={out}"]}[where]
+    refused(cli(args), rf"^error: file name too long: {tmp_path}/n{{300}}\S*: a name may have at most 255 bytes "
+            "and a whole path 4096; shorten it$")
+    assert not list(tmp_path.iterdir())
+
+
+def test_predict_on_file_names_that_are_not_utf8_or_hold_newlines(hostile_run, tmp_path):
+    photo = next((hostile_run.parent.parent.parent / "data" / "val" / "cat").glob("*.png"))
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    names = [os.fsdecode(b"x\xff.png"), "a\nb.png", "t\tc.png", "=cmd.png"]
+    for name in names:
+        shutil.copy(photo, folder / name)
+    for out in (tmp_path / "p.csv", tmp_path / "p.json"):
+        result = cli(["predict", hostile_run, folder, "--out", out])
+        assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    rows = _cells((tmp_path / "p.csv").read_text(encoding="utf-8"))
+    expected = {f"{folder}/x\\xff.png", f"{folder}/a\nb.png", f"{folder}/t\tc.png", f"{folder}/=cmd.png"}
+    assert {r[0] for r in rows[1:]} == expected  # the bytes that are not UTF-8 as \xNN; the rest as named
+    import json
+
+    assert {r["path"] for r in json.loads((tmp_path / "p.json").read_text(encoding="utf-8"))} == \
+        {f"{folder}/x\\xff.png", f"{folder}/a\nb.png", f"{folder}/t\tc.png", f"{folder}/=cmd.png"}

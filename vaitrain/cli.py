@@ -161,6 +161,15 @@ def one_line_errors(fn: F) -> F:
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130)
+        except OSError as err:
+            # a path over the system's limits (a name over 255 bytes, a path over 4096), wherever the
+            # library first touches it: Path.exists() and mkdir raise it instead of answering
+            import errno
+
+            if err.errno != errno.ENAMETOOLONG:
+                raise
+            fail(f"file name too long: {err.filename}: a name may have at most 255 bytes and a whole path "
+                 "4096; shorten it")
         except ImportError as err:
             # a memory limit (ulimit -v) below what torch's libraries need to be mapped
             if "failed to map segment" not in str(err) and "cannot allocate memory" not in str(err).lower():

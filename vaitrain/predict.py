@@ -224,7 +224,7 @@ def _rows(trained: Any, paths: list[Path], raw: torch.Tensor, topk: int) -> list
         prob = raw.softmax(1)
         k = min(topk, task.num_classes)
         p, idx = prob.topk(k, dim=1)
-        return [{"path": str(path),
+        return [{"path": _path_text(path),
                  "top": [{"class": classes[int(j)], "index": int(j), "prob": float(q)} for q, j in zip(p[i], idx[i])]}
                 for i, path in enumerate(paths)]
     return _regression_rows(trained, paths, raw)
@@ -238,7 +238,7 @@ def _regression_rows(trained: Any, paths: list[Path], raw: torch.Tensor) -> list
     pred = parts["pred"] * std + mean
     rows = []
     for i, path in enumerate(paths):
-        row: dict[str, Any] = {"path": str(path), "values": dict(zip(names, map(float, pred[i])))}
+        row: dict[str, Any] = {"path": _path_text(path), "values": dict(zip(names, map(float, pred[i])))}
         if task.head == "gaussian":
             sigma = parts["logsig"][i].exp() * std
             row["sigma"] = dict(zip(names, map(float, sigma)))
@@ -252,6 +252,17 @@ def _regression_rows(trained: Any, paths: list[Path], raw: torch.Tensor) -> list
             row["components"] = comps
         rows.append(row)
     return rows
+
+
+def _path_text(path: Path) -> str:
+    """A file's path as UTF-8 text: a name with bytes that are not UTF-8 (from another system's zip)
+    is written with those bytes as \\xNN; writing the CSV failed on it (UnicodeEncodeError)."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _flat(row: dict[str, Any]) -> dict[str, Any]:
@@ -344,7 +355,7 @@ class _SegWriter:
             target = self.out / f"{stem}.png"
             Image.fromarray(mask.numpy()).save(target)
             self.written.append(target)
-            row = {"path": str(path), "mask": str(target), "height": h, "width": w}
+            row = {"path": _path_text(path), "mask": _path_text(target), "height": h, "width": w}
             if self.overlay:
                 from vaitrain.data.images import load_image
 
