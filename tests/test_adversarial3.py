@@ -357,3 +357,21 @@ def test_predict_on_file_names_that_are_not_utf8_or_hold_newlines(hostile_run, t
 
     assert {r["path"] for r in json.loads((tmp_path / "p.json").read_text(encoding="utf-8"))} == \
         {f"{folder}/x\\xff.png", f"{folder}/a\nb.png", f"{folder}/t\tc.png", f"{folder}/=cmd.png"}
+
+
+# ----- a run's overrides.txt edited by hand --------------------------------------------------------
+
+@pytest.mark.parametrize("line, pattern", [("optim.lr=abc", r"optim.lr=abc is not a valid float"),
+                                           ("garbage", r"malformed override 'garbage': write key=value")])
+def test_a_bad_line_in_a_runs_overrides_file_names_the_file(hostile_run, tmp_path, line, pattern):
+    run = Path(shutil.copytree(hostile_run, tmp_path / "run"))
+    with open(run / "overrides.txt", "a") as f:
+        f.write(line + "\n")
+    before = snapshot(run)
+    photo = next((hostile_run.parent.parent.parent / "data" / "val" / "cat").glob("*.png"))
+    for args in (["eval", run], ["predict", run, photo], ["train", f"resume={run}", "trainer.epochs=2"]):
+        refused(cli(args), rf"^error: {run}/overrides.txt \(the run's saved overrides, one per line\): {pattern}.*; "
+                "fix or remove that line$")
+    assert snapshot(run) == before
+    # the user's own bad override is still named as theirs
+    refused(cli(["eval", hostile_run, "optim.lr=xyz"]), r"^error: optim.lr=xyz is not a valid float$")

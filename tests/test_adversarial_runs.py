@@ -199,7 +199,8 @@ def test_overrides_file_naming_code_is_refused(stopped, tmp_path):
     with open(run / "overrides.txt", "a") as f:
         f.write(f"+model._target_=os.system\n+model._args_=[touch {marker}]\n")
     before = snapshot(run)
-    refused(cli(["train", f"resume={run}"]), r"^error: config key 'model._target_' asks Hydra to instantiate 'os.system'")
+    refused(cli(["train", f"resume={run}"]), rf"^error: {run}/overrides.txt \(the run's saved overrides, one per line\): "
+            r"config key 'model._target_' asks Hydra to instantiate 'os.system'")
     assert snapshot(run) == before and not marker.exists()
 
 

@@ -8,7 +8,6 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from vaitrain.config import compose
 from vaitrain.engine.checkpoint import check_compatible, check_same_data, check_task, load_checkpoint
 from vaitrain.engine.components import build_components
 from vaitrain.engine.device import autocast, resolve_device, resolve_precision
@@ -99,7 +98,9 @@ def load_run_config(run_dir: Path, extra: list[str] = ()) -> tuple[DictConfig, l
         raise RunDirError(f"'{run_dir}' is not a vaitrain run directory (no config.yaml / checkpoints/)")
     rundir.check_run_files(run_dir)
     overrides = saved_overrides(run_dir) + list(extra)
-    return compose(overrides), overrides
+    from vaitrain.engine.resume import compose_run
+
+    return compose_run(run_dir, overrides), overrides
 
 
 def load_run_checkpoint(run_dir: Path, checkpoint: str, overrides: list[str] = ()

@@ -36,8 +36,25 @@ def prepare(overrides: list[str]) -> tuple[DictConfig, list[str]]:
     if resume and not resume[-1].split("=", 1)[1].strip():  # Path("") would be the working folder
         raise RunDirError("resume= is empty; give the run directory to continue, e.g. resume=runs/<date>/<run>")
     if resume:
-        overrides = resume_overrides(Path(resume[-1].split("=", 1)[1]), overrides)
+        run_dir = Path(resume[-1].split("=", 1)[1])
+        overrides = resume_overrides(run_dir, overrides)
+        return compose_run(run_dir, overrides), overrides
     return compose(overrides), overrides
+
+
+def compose_run(run_dir: Path, overrides: list[str]) -> DictConfig:
+    """compose(overrides) for a run's saved overrides + new ones. When the saved ones alone fail (an
+    overrides.txt edited by hand, or written by a vaitrain with other options), the error names the
+    file: 'optim.lr=abc is not a valid float' read as if the user had typed it."""
+    try:
+        return compose(overrides)
+    except ConfigError as err:
+        try:
+            compose(saved_overrides(run_dir))
+        except ConfigError:
+            raise ConfigError(f"{Path(run_dir) / rundir.OVERRIDES_FILE} (the run's saved overrides, one per line): "
+                              f"{err}; fix or remove that line") from None
+        raise
 
 
 # Resume rules (README, "Resume rules"). A resumed run keeps what its weights, optimizer state and
