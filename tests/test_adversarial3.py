@@ -375,3 +375,16 @@ def test_a_bad_line_in_a_runs_overrides_file_names_the_file(hostile_run, tmp_pat
     assert snapshot(run) == before
     # the user's own bad override is still named as theirs
     refused(cli(["eval", hostile_run, "optim.lr=xyz"]), r"^error: optim.lr=xyz is not a valid float$")
+
+
+# ----- overrides typed with spaces around '=' ------------------------------------------------------
+
+@pytest.mark.parametrize("words", [["optim.lr", "=", "0.1"], ["optim.lr=", "0.1"], ["optim.lr", "=0.1"]],
+                         ids=["both", "after", "before"])
+def test_spaces_around_the_equals_sign_are_named(tmp_path, words):
+    out = tmp_path / "runs"
+    for command in (["train", *words, f"out_dir={out}"], ["config", *words]):
+        refused(cli(command), r"^error: 'optim.lr', '=' and '0.1' arrived as separate words: write optim.lr=0.1 "
+                r"with no spaces around '=' \(or quote the whole override\)$")
+    assert not out.exists()
+    assert cli(["config", "optim.lr=0.1", "name=", "optim=sgd"]).exit_code == 0  # an empty value is no spacing

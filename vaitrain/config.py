@@ -178,10 +178,29 @@ def group_options(group: str, extra_dirs: Sequence[Path] = ()) -> list[str]:
 _PATH_KEYS = ("root", "weights", "init_from", "out_dir", "resume", "name", "storage")  # values that are often paths
 
 
+def _spaced_equals(overrides: Sequence[str]) -> None:
+    """`optim.lr = 0.1` (or `optim.lr= 0.1`, `optim.lr =0.1`) reaches us as separate words; each was
+    refused on its own ('malformed override optim.lr', 'optim.lr= is not a valid float')."""
+    words = list(overrides)
+    for i, (a, b) in enumerate(zip(words, words[1:])):
+        c = words[i + 2] if i + 2 < len(words) else ""
+        if "=" not in a and b == "=" and c and "=" not in c:
+            key, value = a, c
+        elif "=" not in a and b.startswith("=") and len(b) > 1:
+            key, value = a, b[1:]
+        elif a.endswith("=") and a.count("=") == 1 and b and "=" not in b:
+            key, value = a[:-1], b
+        else:
+            continue
+        raise ConfigError(f"'{key}', '=' and '{value}' arrived as separate words: write {key}={value} "
+                          "with no spaces around '=' (or quote the whole override)")
+
+
 def _parse(overrides: Sequence[str]) -> list[Any]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
+    _spaced_equals(overrides)
     parser = OverridesParser.create()
     parsed = []
     for text in overrides:
