@@ -147,3 +147,32 @@ def test_inspect_table_at_80_columns_keeps_names_whole(monkeypatch):
     # plain_mlp's default depth: Linear+ReLU pairs named body.<index>, then the head fc
     assert len(body) >= 10 and all(row[1] in ("Linear", "ReLU") and "x" in row[2] for row in body)
     assert all(row[0].startswith("body.") and row[0][5:].isdigit() for row in body[:-1])
+
+
+def test_csv_regression_keeps_the_whole_of_wide_images(tmp_path):
+    """Regression on 96x48 photos whose target is a dot's x position: the centre crop every other
+    folder dataset uses cut away the outer quarters, so a dot near an edge vanished while its
+    target still named it; csv_regression squashes the whole image (positions scale with it)."""
+    from PIL import Image
+
+    from vaitrain.data import build_data
+
+    xs = [4, 12, 30, 48, 66, 84, 92, 8, 88, 50]
+    lines = ["path,x"]
+    for i, x in enumerate(xs):
+        arr = np.full((48, 96, 3), 128, np.uint8)
+        arr[:, x - 2:x + 2] = (255, 0, 0)  # a red bar 4 px wide centred on x
+        Image.fromarray(arr).save(tmp_path / f"{i}.png")
+        lines.append(f"{i}.png,{x / 96}")
+    (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "val.csv").write_text("\n".join(lines[:3]) + "\n")
+    cfg = config.compose(["task=regression", "data=csv_regression", f"data.root={tmp_path}",
+                          "data.image_size=32", "data.normalize=none", "data.standardize_targets=false"])
+    data = build_data(cfg.data, "regression", device="cpu", batch_size=len(xs), val_batch_size=64, seed=0)
+    images, targets = data.train.images, data.train.targets  # decoded uint8, before augmentation
+    assert images.shape[0] == len(xs)
+    for img, target in zip(images, targets):
+        red = img[0].float().mean(0) - img[1].float().mean(0)  # per column: red minus green
+        assert red.max() > 40, "the bar was cut away"
+        found = float((red.clamp_min(0) * torch.arange(32)).sum() / red.clamp_min(0).sum()) + 0.5
+        assert abs(found / 32 - float(target)) < 0.04, (found, float(target))
