@@ -23,7 +23,7 @@ from vaitrain.engine.checkpoint import load_checkpoint, remove_partial_checkpoin
 
 train_mod = importlib.import_module("vaitrain.engine.train")  # the module (the package exports a train())
 
-RESUME_LINE = re.compile(r"stopped after epoch (\d+), step (\d+); continue with: vaitrain train resume=(\S+)")
+RESUME_LINE = re.compile(r"stopped (?:in|after|before) epoch (\d+)/\d+ at step (\d+); continue with: vaitrain train resume=(\S+)")
 
 
 @pytest.fixture
@@ -61,7 +61,7 @@ def test_sigint_mid_epoch_stops_cleanly_and_resume_matches_uninterrupted(tmp_pat
     result = invoke(["train", *TINY, f"out_dir={out}"])
     assert result.exit_code == 128 + signal.SIGINT, result.output
     run = the_run(out)
-    assert RESUME_LINE.search(result.stderr).groups() == ("0", "29", str(run)), result.stderr
+    assert RESUME_LINE.search(result.stderr).groups() == ("1", "29", str(run)), result.stderr  # in epoch 1
     state = load(run / "checkpoints" / "last.pt")
     assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (0, 29, 29)
     monkeypatch.undo()

@@ -77,7 +77,7 @@ def test_sigterm_to_launcher_stops_all_ranks_then_resume_as_one_process(tmp_path
     proc.send_signal(signal.SIGTERM)
     code, _, stderr = finish(proc, timeout=120)
     assert code == 128 + signal.SIGTERM, stderr
-    lines = re.findall(r"stopped after epoch \d+, step (\d+); continue with: vaitrain train resume=(\S+)", stderr)
+    lines = re.findall(r"stopped (?:in|after) epoch \d+/\d+ at step (\d+); continue with: vaitrain train resume=(\S+)", stderr)
     assert len(lines) == 1, stderr
     run = the_run(out)
     assert lines[0][1] == str(run)

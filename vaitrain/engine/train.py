@@ -236,9 +236,11 @@ class Trainer:
                 self.store.close()
                 dist.shutdown(self.ctx)
         message = ""
-        if status == "stopped":
-            message = (f"stopped after epoch {self.epoch}, step {self.step}; "
-                       f"continue with: vaitrain train resume={self.run_dir}")
+        if status == "stopped":  # epochs counted from 1 as the progress bar does ('after epoch 0' read as a first epoch)
+            epochs = int(self.cfg.trainer.epochs)
+            where = (f"in epoch {self.epoch + 1}/{epochs}" if self.batch_in_epoch else
+                     f"after epoch {self.epoch}/{epochs}" if self.epoch else f"before epoch 1/{epochs}")
+            message = f"stopped {where} at step {self.step}; continue with: vaitrain train resume={self.run_dir}"
         return RunResult(self.run_dir, status, last, self.epoch, self.step, message, self.stop_signum,
                          main_metric=f"val/{self.task.main_metric}")
 
