@@ -176,3 +176,19 @@ def test_csv_regression_keeps_the_whole_of_wide_images(tmp_path):
         assert red.max() > 40, "the bar was cut away"
         found = float((red.clamp_min(0) * torch.arange(32)).sum() / red.clamp_min(0).sum()) + 0.5
         assert abs(found / 32 - float(target)) < 0.04, (found, float(target))
+
+
+def test_help_shows_no_python_types_for_flags_and_lists(monkeypatch):
+    """Typer's help printed `--json <bool>` (read as `--json true`, which is then a malformed
+    override) and `overrides... <list[str]>`; flags and repeated arguments now show no type,
+    while a value's kind (`<path>`, `<int>`) stays."""
+    monkeypatch.setenv("COLUMNS", "120")
+    runner = CliRunner()
+    commands = ["train", "search", "eval", "config", "options", "models", "inspect", "bench",
+                "compare-runs", "predict", "export", "lab", "report"]
+    for command in commands:
+        out = runner.invoke(app, [command, "--help"]).output
+        assert "--help" in out and "<bool>" not in out and "list[" not in out, (command, out)
+    out = runner.invoke(app, ["predict", "--help"]).output
+    assert "--overlay" in out and "<path>" in out and "<int>" in out  # value options keep their kind
+    assert "<bool>" not in runner.invoke(app, ["--help"]).output

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, TypeVar
@@ -18,6 +19,32 @@ from vaitrain.errors import Interrupted, VaitrainError
 
 if TYPE_CHECKING:
     from rich.table import Table
+
+
+def _plain_help_types() -> None:
+    """Typer 0.2x's help prints each parameter's Python type: `--json <bool>` reads as if the flag
+    took a value (`--json true`), `overrides... <list[str]>` is Python's notation. A flag gets no
+    type column, a list argument none (its `...` says it repeats), a repeatable option its
+    element's (`--metric <str>`); `<path>`, `<int>` stay."""
+    from typer.core import TyperArgument, TyperOption
+
+    for cls, hide in ((TyperOption, lambda p: getattr(p, "is_flag", False)),
+                      (TyperArgument, lambda p: getattr(p, "nargs", 1) != 1)):
+        shown = getattr(cls, "display_type_rich", None)
+        if shown is None or getattr(shown, "vaitrain", False):
+            continue
+
+        def display_type_rich(self: Any, ctx: Any, _shown: Any = shown, _hide: Any = hide) -> Any:
+            if _hide(self):
+                return None
+            label = _shown(self, ctx)
+            return re.sub(r"<list\[(.*)\]>", r"<\1>", label) if isinstance(label, str) else label
+
+        display_type_rich.vaitrain = True  # type: ignore[attr-defined]
+        setattr(cls, "display_type_rich", display_type_rich)
+
+
+_plain_help_types()
 
 
 class OneLineUsageErrors(TyperGroup):
