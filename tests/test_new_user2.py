@@ -192,3 +192,34 @@ def test_help_shows_no_python_types_for_flags_and_lists(monkeypatch):
     out = runner.invoke(app, ["predict", "--help"]).output
     assert "--overlay" in out and "<path>" in out and "<int>" in out  # value options keep their kind
     assert "<bool>" not in runner.invoke(app, ["--help"]).output
+
+
+def test_export_normalization_flag_reads_whole_at_80_columns_and_works(tmp_path, monkeypatch):
+    """`vaitrain export --help` at 80 columns cut the pair to '--include-normali…
+    --no-include-norm…'; the one visible flag reads whole, the default's name is still taken, and
+    the file without normalization given (x/255 - mean)/std equals the one with it given x/255."""
+    import json
+
+    monkeypatch.setenv("COLUMNS", "80")
+    runner = CliRunner()
+    assert "--no-include-normalization " in runner.invoke(app, ["export", "--help"]).output
+    r = runner.invoke(app, ["train", "model=plain_cnn", "data.num_train=32", "data.num_val=16",
+                            "data.image_size=16", "trainer.batch_size=16", "trainer.epochs=1",
+                            "trainer.threads=1", "trainer.progress=none", "trainer.image_every=0",
+                            f"out_dir={tmp_path / 'runs'}"])
+    assert r.exit_code == 0, r.output
+    (run,) = (tmp_path / "runs").glob("*/*")
+    baked, raw = tmp_path / "baked.pt", tmp_path / "raw.pt"
+    for flag, out in (("--include-normalization", baked), ("--no-include-normalization", raw)):
+        r = runner.invoke(app, ["export", str(run), "--format", "torchscript", "--out", str(out), flag])
+        assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["export", str(run), "--format", "torchscript", "--out", str(tmp_path / "x.pt"),
+                            "--include-normalization", "--no-include-normalization"])
+    assert r.exit_code == 2 and "contradict" in r.stderr and not (tmp_path / "x.pt").exists()
+    side = json.loads((tmp_path / "raw.pt.json").read_text())
+    assert side["normalization_included"] is False
+    assert json.loads((tmp_path / "baked.pt.json").read_text())["normalization_included"] is True
+    x = torch.rand(2, 3, 16, 16)
+    mean, std = torch.tensor(side["mean"]).view(1, -1, 1, 1), torch.tensor(side["std"]).view(1, -1, 1, 1)
+    with torch.no_grad():
+        assert torch.allclose(torch.jit.load(str(baked))(x), torch.jit.load(str(raw))((x - mean) / std), atol=1e-5)

@@ -590,13 +590,19 @@ def export(
     fmt: str = typer.Option(..., "--format", help="onnx or torchscript."),
     out: Path = typer.Option(..., "--out", help="The file to write (model.onnx, model.pt); FILE.json describes it."),
     checkpoint: str = typer.Option("best", help="best, last, or a path to a .pt file."),
-    include_normalization: bool = typer.Option(
-        True, "--include-normalization/--no-include-normalization",
-        help="Bake the mean/std in (input x/255 in [0, 1]); without: input normalized as FILE.json says."),
+    # one visible flag: the pair '--include-normalization/--no-include-normalization' was cut to
+    # '--include-normali…  --no-include-norm…' in an 80-column help; the default stays accepted
+    include_normalization: bool = typer.Option(False, "--include-normalization", hidden=True),
+    no_include_normalization: bool = typer.Option(
+        False, "--no-include-normalization",
+        help="Leave the mean/std out: the file takes input normalized as FILE.json says "
+             "(default: baked in, the file takes x/255 in [0, 1])."),
 ) -> None:
     """Export a trained model (eval mode, dynamic batch) and check the file against PyTorch."""
     from vaitrain.interrupts import command_signals
 
+    if include_normalization and no_include_normalization:
+        fail("--include-normalization and --no-include-normalization contradict each other: give one")
     if more:
         from vaitrain.track.one_run import refuse_more_runs
 
@@ -606,7 +612,7 @@ def export(
     with command_signals("export"):
         from vaitrain.export import export_run
 
-        r = export_run(run_dir, fmt, out, checkpoint=checkpoint, include_normalization=include_normalization)
+        r = export_run(run_dir, fmt, out, checkpoint=checkpoint, include_normalization=not no_include_normalization)
     typer.echo(f"wrote {r.path} ({r.format}, input batch x {' x '.join(map(str, r.input_shape))}) and {r.sidecar}")
     if r.checked_with:
         typer.echo(f"checked with {r.checked_with}: max abs diff {r.max_abs_diff:.3g} vs PyTorch "
