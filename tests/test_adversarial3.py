@@ -388,3 +388,34 @@ def test_spaces_around_the_equals_sign_are_named(tmp_path, words):
                 r"with no spaces around '=' \(or quote the whole override\)$")
     assert not out.exists()
     assert cli(["config", "optim.lr=0.1", "name=", "optim=sgd"]).exit_code == 0  # an empty value is no spacing
+
+
+# ----- out_dir inside data.root -------------------------------------------------------------------
+
+def test_runs_written_inside_the_data_root_are_not_read_as_a_class(tmp_path, monkeypatch):
+    """`cd photos; vaitrain train data=image_folder data.root=.` puts runs/ beside the class folders:
+    the second run read it as a class ('class folder runs holds no images: ... remove the folder')."""
+    data = folder_data(tmp_path / "photos", classes=("a", "b"), n=3, splits=("train",)) / "train"
+    monkeypatch.chdir(data)
+    args = ["train", *TINY16, "trainer.progress=plain", "data=image_folder", "data.root=."]
+    assert cli(args).exit_code == 0
+    second = cli(args)
+    assert second.exit_code == 0, second.output
+    assert "left out runs: it holds vaitrain runs, not a class (out_dir inside data.root)" in second.output
+    import torch
+
+    runs = sorted((data / "runs").rglob("best.pt"))
+    assert len(runs) == 2
+    assert torch.load(runs[-1], weights_only=True)["data_info"]["class_names"] == ["a", "b"]
+
+
+def test_an_overrides_file_saved_with_a_byte_order_mark_or_crlf_still_reads(hostile_run, tmp_path):
+    """Notepad saves overrides.txt with a BOM and CRLF: '\\ufeffmodel=resnet20' was a malformed override."""
+    run = Path(shutil.copytree(hostile_run, tmp_path / "run"))
+    text = (run / "overrides.txt").read_text()
+    (run / "overrides.txt").write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
+    from vaitrain.track.runs import saved_overrides
+
+    assert saved_overrides(run) == saved_overrides(hostile_run)
+    result = cli(["eval", run, "--json"])
+    assert result.exit_code == 0, result.output

@@ -36,6 +36,7 @@ from vaitrain.data.images import (Fit, check_mask_ids, dataset_mode, fit_of, ima
                                   parallel_map, resize_hint, scan_images, skipped_note, stack)
 from vaitrain.errors import DataError
 from vaitrain.file_kinds import read_bytes, special_kind
+from vaitrain.track.rundir import is_run_dir
 
 _VAL_DIRS = ("val", "valid", "validation")
 _TEST_DIR = "test"  # beside train/: the held-out test split (never used for training or selection)
@@ -57,9 +58,42 @@ def _images_in(folder: Path, skipped: list[Path] | None = None) -> list[Path]:
 def _subfolders(folder: Path) -> list[str]:
     try:
         return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")
-                      and d.name != "__MACOSX")  # macOS zip extraction leaves it: resource forks, not a class
+                      and d.name != "__MACOSX"  # macOS zip extraction leaves it: resource forks, not a class
+                      and not _holds_runs(d))
     except OSError as err:
         raise DataError(f"cannot list folder {folder} ({err.strerror or err}): fix its permissions") from None
+
+
+def _holds_runs(folder: Path) -> bool:
+    """Whether folder is vaitrain's output (out_dir inside data.root: `cd photos; vaitrain train
+    data.root=.` puts runs/ beside the class folders). Read as a class, it made the next run fail with
+    'class folder runs holds no images: ... remove the folder'. Runs sit at <out_dir>/<date>/<run>/
+    (or <out_dir>/<run>/); sweeps and searches hold sweep.json / search.json."""
+    def subdirs(d: Path) -> list[Path]:
+        with os.scandir(d) as it:
+            return [Path(e.path) for e in it if e.is_dir() and not e.name.startswith(".")]
+
+    try:
+        for child in subdirs(folder):
+            for d in (child, *subdirs(child)):
+                if is_run_dir(d) or (d / "sweep.json").is_file() or (d / "search.json").is_file():
+                    return True
+    except OSError:  # unreadable: the scan of the class names it
+        return False
+    return False
+
+
+def _run_folder_note(root: Path) -> list[str]:
+    """One line naming the folders under data.root left out as vaitrain's own output."""
+    try:
+        left = [d for base in (root, root / "train") if base.is_dir()
+                for d in sorted(base.iterdir()) if d.is_dir() and not d.name.startswith(".") and _holds_runs(d)]
+    except OSError:
+        return []
+    if not left:
+        return []
+    return [f"left out {', '.join(str(d) for d in left)}: it holds vaitrain runs, not a class (out_dir inside "
+            f"data.root); set out_dir outside {root} to keep runs and data apart"]
 
 
 def _root(cfg: Any, what: str, layout: str, file_ok: bool = False) -> Path:
@@ -246,7 +280,8 @@ def build_image_folder(cfg: Any, task: str) -> Source:
 
     return Source(train=train, val=val, in_channels=channels, image_size=image_size,
                   num_classes=n_cls, class_names=classes + [str(k) for k in range(len(classes), n_cls)],
-                  notes=skipped_note(skipped, root) + _shrink_notes(tr[0][0], size) + _capped_notes(tr, classes, cfg)
+                  notes=_run_folder_note(root) + skipped_note(skipped, root) + _shrink_notes(tr[0][0], size)
+                  + _capped_notes(tr, classes, cfg)
                   + _unscored_notes(va, classes, val_dir),
                   test=test if test_dir is not None else None)
 

@@ -24,7 +24,8 @@ def saved_overrides(run_dir: Path) -> list[str]:
         raise RunDirError(f"{saved_file} is missing: the run's settings cannot be re-created without it; write "
                           "the run's command-line overrides into it, one per line (an empty file for the defaults)")
     try:
-        lines = saved_file.read_text(encoding="utf-8").splitlines()
+        # utf-8-sig: an overrides.txt saved by Windows Notepad starts with a byte-order mark
+        lines = saved_file.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise RunDirError(f"cannot read {saved_file} ({getattr(err, 'strerror', None) or err}): it should hold the "
                           "run's overrides, one per line, as UTF-8 text") from None
