@@ -407,6 +407,13 @@ def test_runs_written_inside_the_data_root_are_not_read_as_a_class(tmp_path, mon
     runs = sorted((data / "runs").rglob("best.pt"))
     assert len(runs) == 2
     assert torch.load(runs[-1], weights_only=True)["data_info"]["class_names"] == ["a", "b"]
+    # a sweep folder (made before its first job trains, so every job failed) is vaitrain's output too
+    sweep = data / "sweeps" / "2026-01-01" / "10-00-00-sweep-abc"
+    sweep.mkdir(parents=True)
+    (sweep / "sweep.json").write_text("{}")
+    from vaitrain.data.folders import _subfolders
+
+    assert _subfolders(data) == ["a", "b"]
 
 
 def test_an_overrides_file_saved_with_a_byte_order_mark_or_crlf_still_reads(hostile_run, tmp_path):
