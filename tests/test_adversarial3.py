@@ -426,3 +426,19 @@ def test_an_overrides_file_saved_with_a_byte_order_mark_or_crlf_still_reads(host
     assert saved_overrides(run) == saved_overrides(hostile_run)
     result = cli(["eval", run, "--json"])
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("name", ["tb", "checkpoints"])
+def test_a_runs_folder_replaced_by_a_file(hostile_run, tmp_path, name):
+    """resume of a run whose tb/ is a file was a FileExistsError traceback after it had rewritten the
+    run's records (the run then read 'in progress, 1/2')."""
+    run = Path(shutil.copytree(hostile_run, tmp_path / "run"))
+    shutil.rmtree(run / name)
+    (run / name).write_text("x")
+    before = snapshot(run)
+    what = "TensorBoard events" if name == "tb" else "checkpoints"
+    for args in (["train", f"resume={run}", "trainer.epochs=2"], ["eval", run]):
+        refused(cli(args), rf"^error: {run}/{name} is a file, not the folder a run keeps its {what} in: restore it")
+    assert snapshot(run) == before
+    if name == "tb":  # compare-runs reads neither folder: metrics.jsonl is enough
+        assert cli(["compare-runs", run, "--format", "csv"]).exit_code == 0

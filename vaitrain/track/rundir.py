@@ -137,14 +137,21 @@ def is_run_dir(path: Path) -> bool:
     return there(path / CONFIG_FILE) and (there(path / METRICS_FILE) or (path / CKPT_DIR).is_dir())
 
 
-def check_run_files(path: Path) -> None:
+def check_run_files(path: Path, folders: bool = True) -> None:
     """RunDirError when a run's own file is a named pipe, device or socket: reading it would wait for
-    ever (a FIFO) or never end (/dev/zero); such a file is never what vaitrain wrote."""
+    ever (a FIFO) or never end (/dev/zero); such a file is never what vaitrain wrote. folders: also
+    when tb/ or checkpoints/ is a file (what eval and resume use; compare-runs reads neither)."""
     for name in (CONFIG_FILE, OVERRIDES_FILE, METRICS_FILE, ENV_FILE, f"{CKPT_DIR}/best.pt", f"{CKPT_DIR}/last.pt"):
         note = not_regular_note(Path(path) / name)
         if note:
             raise RunDirError(f"{note}; a run's {name} is a file vaitrain writes: restore it from a copy of the run "
                               "or train again")
+    for name in (TB_DIR, CKPT_DIR) if folders else ():  # a file in a folder's place: resume's makedirs was a FileExistsError traceback
+        folder = Path(path) / name
+        if folder.exists() and not folder.is_dir():
+            raise RunDirError(f"{folder} is a file, not the folder a run keeps its "
+                              f"{'TensorBoard events' if name == TB_DIR else 'checkpoints'} in: restore it from a copy "
+                              "of the run or train again")
 
 
 def environment(device: torch.device) -> dict[str, Any]:

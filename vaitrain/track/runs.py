@@ -200,7 +200,7 @@ def load_run(path: Path | str) -> Run:
     path = Path(path)
     if not is_run_dir(path):
         raise RunDirError(f"'{path}' is not a run directory (it needs config.yaml and metrics.jsonl)")
-    check_run_files(path)
+    check_run_files(path, folders=False)
     try:
         text = (path / CONFIG_FILE).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
