@@ -3,6 +3,7 @@ help and the messages must be what they expect from a peer tool (and true)."""
 from __future__ import annotations
 
 import colorsys
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -108,8 +109,6 @@ def test_lines_on_a_terminal_wrap_between_words(monkeypatch, capsys):
 def test_search_names_the_best_values_as_overrides_to_train_with(tmp_path):
     """`best:` gave a Python dict ({'optim.lr': 0.0040...}); now the overrides themselves, which
     `vaitrain train` takes as written and which are the best trial's own config values."""
-    import re
-
     import pytest
     import yaml
 
@@ -223,3 +222,38 @@ def test_export_normalization_flag_reads_whole_at_80_columns_and_works(tmp_path,
     mean, std = torch.tensor(side["mean"]).view(1, -1, 1, 1), torch.tensor(side["std"]).view(1, -1, 1, 1)
     with torch.no_grad():
         assert torch.allclose(torch.jit.load(str(baked))(x), torch.jit.load(str(raw))((x - mean) / std), atol=1e-5)
+
+
+def _png(path: Path, colour: tuple[int, int, int]) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((12, 12, 3), colour, np.uint8)).save(path)
+
+
+def test_photos_without_class_folders_are_told_the_layout_not_no_images(tmp_path):
+    """data.root at a folder of photos (or at one class's folder): 'no images found under photos'
+    while the folder held them; now the count and the layout image_folder reads."""
+    for i in range(5):
+        _png(tmp_path / "photos" / f"p{i}.png", (200, 30, 30))
+    r = CliRunner().invoke(app, ["train", "data=image_folder", f"data.root={tmp_path / 'photos'}",
+                                 f"out_dir={tmp_path / 'runs'}", "trainer.progress=none"])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1, r.output
+    assert "holds 5 image(s) but no <class>/ folders" in r.stderr and "no images found" not in r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_image_beside_the_class_folders_is_named_not_dropped_unsaid(tmp_path):
+    root = tmp_path / "photos"
+    for cls, colour in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):
+        for i in range(6):
+            _png(root / cls / f"{i}.png", colour)
+    _png(root / "new.png", (200, 30, 30))
+    _png(root / "newer.png", (30, 30, 200))
+    r = CliRunner().invoke(app, ["train", "model=plain_cnn", "data=image_folder", f"data.root={root}",
+                                 "trainer.batch_size=4", "trainer.epochs=1", "trainer.threads=1",
+                                 "trainer.progress=plain", "trainer.image_every=0", f"out_dir={tmp_path / 'runs'}"])
+    assert r.exit_code == 0, r.output
+    assert f"left out 2 image(s) lying directly in {root}" in r.output
+    m = re.search(r"(\d+) train / (\d+) val images", r.output)
+    assert m and int(m.group(1)) + int(m.group(2)) == 12  # the class folders' images only

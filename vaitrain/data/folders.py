@@ -32,8 +32,8 @@ import torch
 from torch.utils.data import Dataset
 
 from vaitrain.data.base import Source, TensorSplit, carve_indices, register, resident_mode, subset_indices
-from vaitrain.data.images import (Fit, check_mask_ids, dataset_mode, fit_of, image_size_of, load_image, load_pair,
-                                  parallel_map, resize_hint, scan_images, skipped_note, stack)
+from vaitrain.data.images import (Fit, check_mask_ids, dataset_mode, fit_of, image_size_of, is_image, load_image,
+                                  load_pair, parallel_map, resize_hint, scan_images, skipped_note, stack)
 from vaitrain.errors import DataError
 from vaitrain.file_kinds import read_bytes, special_kind
 from vaitrain.track.rundir import is_run_dir
@@ -224,6 +224,24 @@ def _check_not_splits(root: Path, classes: list[str]) -> None:
                     f"name them train/, val/ and test/ (lower case), or point data.root at one tree of <class>/ folders")
 
 
+def _loose_images(folder: Path) -> int:
+    """How many image files lie directly in folder (not in a subfolder); 0 when it cannot be listed."""
+    try:
+        with os.scandir(folder) as it:
+            return sum(1 for e in it if not e.name.startswith(".") and is_image(Path(e.name)) and e.is_file())
+    except OSError:
+        return 0
+
+
+def _loose_note(where: Path) -> list[str]:
+    """Images beside the class folders belong to no class: named at the start, not dropped unsaid."""
+    loose = _loose_images(where)
+    if not loose:
+        return []
+    return [f"left out {loose} image(s) lying directly in {where}, beside the class folders: they belong to "
+            f"no class (move each into its <class>/ folder to train on it)"]
+
+
 _IMAGE_FOLDER_LAYOUT = ("a folder with train/<class>/*.png and val/<class>/*.png, optionally test/<class>/ (or "
                         "<class>/*.png, split by data.val_fraction)")
 
@@ -254,6 +272,11 @@ def build_image_folder(cfg: Any, task: str) -> Source:
             tr_paths, tr_labels = [paths[i] for i in tr], [labels[i] for i in tr]
             va_paths, va_labels = [paths[i] for i in va], [labels[i] for i in va]
     if not classes or not tr_paths:
+        loose = _loose_images(where)
+        if loose:  # the photos themselves, or one class folder, named as data.root
+            raise DataError(f"{where} holds {loose} image(s) but no <class>/ folders: image_folder reads one "
+                            f"folder per class ({where}/<class>/*.jpg); move the images into class folders, "
+                            f"or set data.root to the folder that holds the class folders")
         raise DataError(f"no images found under {where}: expected {where}/<class>/*.png (or .jpg ...) folders")
     if not va_paths:
         raise DataError(f"no images found under {val_dir}: expected {val_dir}/<class>/*.png folders")
@@ -280,8 +303,8 @@ def build_image_folder(cfg: Any, task: str) -> Source:
 
     return Source(train=train, val=val, in_channels=channels, image_size=image_size,
                   num_classes=n_cls, class_names=classes + [str(k) for k in range(len(classes), n_cls)],
-                  notes=_run_folder_note(root) + skipped_note(skipped, root) + _shrink_notes(tr[0][0], size)
-                  + _capped_notes(tr, classes, cfg)
+                  notes=_run_folder_note(root) + skipped_note(skipped, root) + _loose_note(where)
+                  + _shrink_notes(tr[0][0], size) + _capped_notes(tr, classes, cfg)
                   + _unscored_notes(va, classes, val_dir),
                   test=test if test_dir is not None else None)
 
