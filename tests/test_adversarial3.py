@@ -442,3 +442,14 @@ def test_a_runs_folder_replaced_by_a_file(hostile_run, tmp_path, name):
     assert snapshot(run) == before
     if name == "tb":  # compare-runs reads neither folder: metrics.jsonl is enough
         assert cli(["compare-runs", run, "--format", "csv"]).exit_code == 0
+
+
+@pytest.mark.parametrize("out", ["/dev/null", "FILE", "FILE/runs"])
+def test_out_dir_on_a_file_or_device_says_what_it_is(tmp_path, out):
+    (tmp_path / "FILE").write_text("keep")
+    out = out.replace("FILE", str(tmp_path / "FILE"))
+    blocker = "/dev/null is a character device" if out == "/dev/null" else f"{tmp_path}/FILE is a file"
+    refused(cli(["train", *TINY16, f"out_dir={out}"]),
+            rf"^error: cannot write runs under '{out}' \({blocker}, not a folder\); choose a writable folder with "
+            "out_dir=DIR$")
+    assert (tmp_path / "FILE").read_text() == "keep"

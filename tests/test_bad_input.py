@@ -79,7 +79,7 @@ def test_output_directory_that_cannot_be_written(tmp_path):
     (tmp_path / "a_file").write_text("not a folder")
     out = tmp_path / "a_file" / "runs"
     result = invoke(["train", *SMALL, f"out_dir={out}"])
-    one_line_exit_2(result, r"^error: cannot write runs under '\S+a_file/runs' \(Not a directory\); "
+    one_line_exit_2(result, r"^error: cannot write runs under '\S+a_file/runs' \(\S+/a_file is a file, not a folder\); "
                             r"choose a writable folder with out_dir=DIR")
     assert (tmp_path / "a_file").read_text() == "not a folder"
 

@@ -65,8 +65,11 @@ def check_writable(out_dir: Path, option: str = "out_dir=DIR") -> None:
                 folder.rmdir()
             except OSError:
                 pass
+        # 'File exists' for out_dir=/etc/hostname read as if the folder were taken: say what it is
+        blocker = next((d for d in (out_dir, *out_dir.parents) if d.exists() and not d.is_dir()), None)
+        reason = f"{blocker} is {special_kind(blocker) or 'a file'}, not a folder" if blocker else err.strerror or err
         raise RunDirError(
-            f"cannot write runs under '{out_dir}' ({err.strerror or err}); "
+            f"cannot write runs under '{out_dir}' ({reason}); "
             f"choose a writable folder with {option}"
         ) from None
 
