@@ -257,3 +257,31 @@ def test_an_image_beside_the_class_folders_is_named_not_dropped_unsaid(tmp_path)
     assert f"left out 2 image(s) lying directly in {root}" in r.output
     m = re.search(r"(\d+) train / (\d+) val images", r.output)
     assert m and int(m.group(1)) + int(m.group(2)) == 12  # the class folders' images only
+
+
+def test_a_one_epoch_run_is_plotted_on_whole_epoch_ticks(tmp_path, monkeypatch):
+    """A run of one epoch (a student's first try): the report's and compare-runs' curves had an
+    epoch axis ticked 0.945, 0.960, ... 1.050, since two whole epochs did not fit in the range."""
+    import vaitrain.report as report
+    from vaitrain.compare import default_metrics
+    from vaitrain.compare_plot import plot_runs
+    from vaitrain.track.runs import load_run
+
+    r = CliRunner().invoke(app, ["train", "model=plain_cnn", "data.num_train=32", "data.num_val=16",
+                                 "data.image_size=16", "trainer.batch_size=8", "trainer.epochs=1",
+                                 "trainer.log_every=1", "trainer.threads=1", "trainer.progress=none",
+                                 "trainer.image_every=0", f"out_dir={tmp_path / 'runs'}"])
+    assert r.exit_code == 0, r.output
+    (run,) = [load_run(p) for p in (tmp_path / "runs").glob("*/*")]
+    figures = []
+    monkeypatch.setattr(report, "png_bytes", lambda fig, dpi=90: figures.append(fig) or b"png")
+    assert report.curves_png([run], "val/loss", []) == b"png" and report.curves_png([run], "train/loss", []) == b"png"
+    figures.append(plot_runs([run], default_metrics([run]), tmp_path / "curves.png"))
+    for fig in figures:
+        fig.canvas.draw()
+        for ax in fig.axes:
+            lo, hi = ax.get_xlim()
+            ticks = [float(t) for t in ax.get_xticks() if lo <= t <= hi]
+            if ax.get_xlabel() == "epoch":
+                assert ticks == [1.0], ticks
+    assert any(ax.get_xlabel() == "epoch" for fig in figures for ax in fig.axes)

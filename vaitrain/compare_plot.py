@@ -97,7 +97,7 @@ def plot_runs(runs: Sequence[Run], metrics: Sequence[Metric], path: Path | str) 
             ax.set_yscale("log")  # a diverging run would flatten every other curve
     axes[-1].set_xlabel("epoch" if by_epoch else "step")
     if by_epoch:
-        axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # 1 epoch: tick 1, not 0.945, ...
     legend: dict[str, Any] = {}  # one entry per run, even if its first subplot has no line
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):

@@ -125,7 +125,7 @@ def curves_png(runs: Sequence[Run], tag: str, keys: Sequence[str]) -> bytes | No
     if by_epoch:  # whole epochs on the axis (train points between them stay where they fall)
         from matplotlib.ticker import MaxNLocator
 
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # 1 epoch: tick 1, not 0.945, 0.96, ...
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     return png_bytes(fig)
