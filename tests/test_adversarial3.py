@@ -453,3 +453,24 @@ def test_out_dir_on_a_file_or_device_says_what_it_is(tmp_path, out):
             rf"^error: cannot write runs under '{out}' \({blocker}, not a folder\); choose a writable folder with "
             "out_dir=DIR$")
     assert (tmp_path / "FILE").read_text() == "keep"
+
+
+# ----- regression targets too large for float32 metrics --------------------------------------------
+
+def test_regression_targets_whose_squares_overflow_are_refused(tmp_path):
+    """Targets of 1e20 trained and reported val/rmse=inf without a word; 1e15 is the largest taken."""
+    photo = png(tmp_path / "imgs" / "0.png", RNG.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    for i in range(1, 6):
+        shutil.copy(photo, tmp_path / "imgs" / f"{i}.png")
+    args = ["train", *TINY16, "task=regression", "data=csv_regression", "trainer.batch_size=2", "data.val_fraction=0.34"]
+    big = tmp_path / "big.csv"
+    big.write_text("path,y\n" + "".join(f"imgs/{i}.png,{i + 1}e20\n" for i in range(6)))
+    refused(cli([*args, f"data.root={big}", f"out_dir={tmp_path / 'runs'}"]),
+            rf"^error: {big}:2: column 'y' value '1e20' is too large: squared errors of such targets overflow float32 "
+            r"\(val/rmse would read inf\); rescale the column to values within \+-1e15")
+    ok = tmp_path / "ok.csv"
+    ok.write_text("path,y\n" + "".join(f"imgs/{i}.png,{(-1) ** i * (i + 1) / 6}e15\n" for i in range(6)))
+    result = cli([*args, f"data.root={ok}", f"out_dir={tmp_path / 'runs'}", "trainer.progress=none"])
+    assert result.exit_code == 0, result.output
+    rmse = float(re.search(r"val/rmse=(\S+)", result.stdout).group(1))
+    assert 0 < rmse < 1e17  # finite: the squares of ~1e15 errors fit float32

@@ -571,12 +571,18 @@ def _read_csv(path: Path, target_columns: list[str]) -> tuple[list[Path], torch.
             if abs(v) > _FLOAT32_MAX:
                 raise DataError(f"{path}:{line}: column '{header[c]}' value '{row[c].strip()}' is beyond float32's "
                                 "range (+-3.4e38): rescale the column")
+            if abs(v) > _TARGET_MAX:  # 1e20: the run trained, and val/rmse read inf without a word
+                raise DataError(f"{path}:{line}: column '{header[c]}' value '{row[c].strip()}' is too large: squared "
+                                "errors of such targets overflow float32 (val/rmse would read inf); rescale the column "
+                                "to values within +-1e15 (e.g. in thousands or millions)")
         values.append(numbers)
         paths.append(img)
     return paths, torch.tensor(values, dtype=torch.float32), [header[c] for c in cols]
 
 
 _FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+# squared errors of such targets, (2e15)^2 = 4e30, summed over a batch in float32, stay far below its 3.4e38
+_TARGET_MAX = 1e15
 
 
 def _delimiter(text: str) -> str:
