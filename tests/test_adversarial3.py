@@ -474,3 +474,31 @@ def test_regression_targets_whose_squares_overflow_are_refused(tmp_path):
     assert result.exit_code == 0, result.output
     rmse = float(re.search(r"val/rmse=(\S+)", result.stdout).group(1))
     assert 0 < rmse < 1e17  # finite: the squares of ~1e15 errors fit float32
+
+
+# ----- class folder names written decomposed (macOS) beside composed ones ---------------------------
+
+def test_val_class_folders_in_nfd_match_training_folders_in_nfc(tmp_path):
+    import unicodedata
+
+    from omegaconf import OmegaConf
+
+    from vaitrain.data import build_data
+    from vaitrain.schema.data import DataConfig
+
+    for split, form in (("train", "NFC"), ("val", "NFD")):
+        for k, name in enumerate(("café", "thé")):
+            for i in range(3):
+                arr = np.full((16, 16, 3), 120 * k, np.uint8)
+                png(tmp_path / split / unicodedata.normalize(form, name) / f"{i}.png", arr)
+    cfg = OmegaConf.structured(DataConfig(name="image_folder", root=str(tmp_path), image_size=16, num_workers=0))
+    bundle = build_data(cfg, "classification", device="cpu", batch_size=2, val_batch_size=100, seed=0)
+    assert bundle.class_names == ["café", "thé"]
+    labels = torch_cat([y for _, y in bundle.val])
+    assert sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1]  # every val image, under its training class
+
+
+def torch_cat(parts):
+    import torch
+
+    return torch.cat(list(parts))

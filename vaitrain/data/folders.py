@@ -25,6 +25,7 @@ import io
 import math
 import os
 import sys
+import unicodedata
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -191,15 +192,20 @@ def _scan_classes(folder: Path, classes: list[str] | None, skipped: list[Path] |
     if odd is not None:  # a newline or a terminal escape would travel into every table and CSV of names
         raise DataError(f"class folder {str(folder / odd)!r} has a control character in its name: rename it")
     training = classes is None
+    # macOS writes names decomposed (NFD: 'e' + U+0301), Linux and Windows keep them as typed (NFC): a
+    # val/ unzipped from a Mac beside a train/ made elsewhere held 'café' twice, byte for byte apart
+    actual = {unicodedata.normalize("NFC", c): c for c in found}
     if classes is None:
         classes = found
     else:
-        unknown = [c for c in found if c not in classes]
+        known = {unicodedata.normalize("NFC", c) for c in classes}
+        unknown = [c for c in found if unicodedata.normalize("NFC", c) not in known]
         if unknown:
             raise DataError(f"{folder / unknown[0]} is a class missing from the training folder {folder.parent / 'train'}: "
                             "rename or remove it, or add its training images")
     paths, labels = [], []
     for k, name in enumerate(classes):
+        name = actual.get(unicodedata.normalize("NFC", name), name)
         if (folder / name).is_dir():
             files = _images_in(folder / name, skipped)
             if training and not files and len(classes) > 1:
