@@ -250,7 +250,15 @@ def test_sigterm_while_eval_imports_in_a_real_process(hostile_run):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "vaitrain", "eval", str(hostile_run)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)  # torch is still importing (several seconds here)
+    # signalled as soon as the command's handler is in place (SIGTERM in the caught mask): torch's
+    # import, which follows at once, takes seconds; a fixed sleep could land before or after it
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        caught = int(next(l for l in status.splitlines() if l.startswith("SigCgt:")).split()[1], 16)
+        if caught & (1 << (signal.SIGTERM - 1)):
+            break
+        time.sleep(0.005)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 143, (proc.returncode, stderr)
