@@ -285,3 +285,30 @@ def test_a_one_epoch_run_is_plotted_on_whole_epoch_ticks(tmp_path, monkeypatch):
             if ax.get_xlabel() == "epoch":
                 assert ticks == [1.0], ticks
     assert any(ax.get_xlabel() == "epoch" for fig in figures for ax in fig.axes)
+
+
+def test_hparams_table_shows_the_keys_of_the_command_line_first(tmp_path):
+    """HParams' table shows 5 columns at first, ordered (TensorBoard's own rule, used here) by
+    whether a key differs, then by name: `-m optim=sgd,adam norm=batch,group` with a few fixed
+    overrides showed data.name, data.num_train, data.num_val, model.name, norm.name, and hid
+    optim.name, one of the two swept keys."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import backend_context, metadata, plugin_data_pb2
+
+    from vaitrain.engine.records import given_hparams, hparam_domains, run_hparams
+    from vaitrain.track.tb import TBWriter
+
+    overrides = ["model=plain_cnn", "data.num_train=128", "data.num_val=64", "optim=adam", "norm=group"]
+    chosen = run_hparams(config.compose(overrides), overrides)
+    assert {"optim.name", "norm.name", "data.name", "task.name"} <= set(chosen)
+    tb = TBWriter(tmp_path / "tb")
+    tb.hparams(chosen, {"val/acc1": 0.5, "val/loss": 1.0}, hparam_domains(chosen), first=given_hparams(chosen, overrides))
+    tb.close()
+    ea = EventAccumulator(str(tmp_path / "tb"))
+    ea.Reload()
+    content = ea.PluginTagToContent(metadata.PLUGIN_NAME)[metadata.EXPERIMENT_TAG]
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content).experiment
+    backend_context._sort_and_reduce_to_hparams_limit(experiment)  # what the dashboard receives
+    shown = [info.name for info in experiment.hparam_infos][:5]
+    assert {"optim.name", "norm.name"} <= set(shown), shown
+    assert "data.name" not in shown and "task.name" not in shown  # always there, not chosen

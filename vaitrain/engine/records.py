@@ -127,7 +127,7 @@ class Records:
                 key = f"val/{main_metric}"
                 hp = {key: last.get(key, math.nan), "val/loss": last.get("val/loss", math.nan)}
                 chosen = run_hparams(self.cfg, self.overrides)
-                self.tb.hparams(chosen, hp, hparam_domains(chosen))
+                self.tb.hparams(chosen, hp, hparam_domains(chosen), first=given_hparams(chosen, self.overrides))
         self.close()
 
     def close(self) -> None:
@@ -169,6 +169,18 @@ def run_hparams(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
         if key == "seed" or key in flat or any(k.startswith(key + ".") for k in flat):
             chosen += [key] if key in flat else sorted(k for k in flat if k.startswith(key + "."))
     return {k: flat[k] for k in dict.fromkeys(chosen) if k in flat and k not in NOT_HPARAMS}
+
+
+def given_hparams(hparams: Mapping[str, Any], overrides: list[str]) -> set[str]:
+    """The HParams keys the command line set (a sweep's swept keys among them), to be shown before
+    those always there: the table shows 5 columns at first, and by name `optim.name` of
+    `-m optim=sgd,adam` came after data.name, data.num_train, data.num_val, model.name, norm.name."""
+    given = set()
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        key = f"{key}.name" if key in HPARAM_GROUPS else key
+        given |= {k for k in hparams if k == key or k.startswith(key + ".")}
+    return given
 
 
 def hparam_domains(hparams: Mapping[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 
@@ -54,12 +54,15 @@ class TBWriter:
         self.w.add_text(tag, text, step)
 
     def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float],
-                domains: Mapping[str, Any] | None = None) -> None:
+                domains: Mapping[str, Any] | None = None, first: Iterable[str] = ()) -> None:
         """Hyper-parameters for the HParams dashboard, in the run's own folder, with their types
         (torch's add_hparams turns booleans into 1.0). The metric columns name the run's own scalar
         tags (val/acc1, ...), whose last values HParams shows: no extra one-point `hparam/*` cards.
         `domains`: key -> a list of the allowed values or a (min, max) range; the type HParams
-        shows comes from it (booleans, numbers and listed strings get one by default)."""
+        shows comes from it (booleans, numbers and listed strings get one by default). `first`: the
+        keys to show before the others (HParams' table shows 5 columns at first, ordered by whether
+        a key differs between runs, then by name; a run's own config cannot say what differs)."""
+        from tensorboard.plugins.hparams import plugin_data_pb2
         from tensorboard.plugins.hparams import summary_v2 as hp
 
         clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hparams.items()}
@@ -76,9 +79,17 @@ class TBWriter:
                 return hp.Discrete(list(given))
             return None
 
+        config = hp.hparams_config_pb(hparams=[hp.HParam(k, domain(k, v)) for k, v in clean.items()],
+                                      metrics=[hp.Metric(tag) for tag in metrics])
+        first = set(first)
+        if first:  # marked as differing, which HParams sorts (and shows) first
+            content = config.value[0].metadata.plugin_data
+            data = plugin_data_pb2.HParamsPluginData.FromString(content.content)
+            for info in data.experiment.hparam_infos:
+                info.differs = info.name in first
+            content.content = data.SerializeToString()
         writer = self.w._get_file_writer()
-        writer.add_summary(hp.hparams_config_pb(hparams=[hp.HParam(k, domain(k, v)) for k, v in clean.items()],
-                                                metrics=[hp.Metric(tag) for tag in metrics]))
+        writer.add_summary(config)
         writer.add_summary(hp.hparams_pb(clean, trial_id=self.log_dir.parent.name))
 
     def __getattr__(self, name: str) -> Any:
