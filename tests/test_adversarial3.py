@@ -175,7 +175,7 @@ def test_files_given_on_the_command_line_that_are_fifos_or_devices(hostile_run, 
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("what", ["sweep", "search", "lab", "train.csv", "image"])
+@pytest.mark.parametrize("what", ["sweep", "search", "lab", "train.csv", "image", "search.storage"])
 def test_a_fifo_inside_a_folder_vaitrain_reads(tmp_path, what):
     out = tmp_path / "runs"
     if what == "sweep":
@@ -187,6 +187,11 @@ def test_a_fifo_inside_a_folder_vaitrain_reads(tmp_path, what):
     elif what == "lab":
         pipe = fifo(tmp_path / "lab" / "lab.json")
         args, pattern = ["lab", "init", "--resume", pipe.parent], rf"cannot read {pipe} \(a named pipe \(FIFO\), not a"
+    elif what == "search.storage":
+        pipe = fifo(tmp_path / "study.db")
+        args = ["search", "optim.momentum=choice(0.5,0.9)", "search.trials=1", *TINY16, f"search.storage=sqlite:///{pipe}",
+                f"out_dir={out}"]
+        pattern = rf"^error: search.storage=sqlite:///{pipe}: {pipe} {PIPE} database file; name a new or existing"
     elif what == "train.csv":
         pipe = fifo(tmp_path / "csv" / "train.csv")
         (tmp_path / "csv" / "val.csv").write_text("path,y\n")

@@ -32,7 +32,7 @@ from omegaconf import DictConfig
 
 from vaitrain.config import GROUPS, _parse, compose, group_options
 from vaitrain.errors import ConfigError, RunDirError
-from vaitrain.file_kinds import NotRegularFile, read_text
+from vaitrain.file_kinds import NotRegularFile, read_text, special_kind
 from vaitrain.jobs import JobSpec, check_launcher, find_run_dir, make_launcher, missing_extra, run_job, run_jobs
 from vaitrain.track.files import write_text_atomic
 from vaitrain.track.rundir import CKPT_DIR, check_writable, create_unique_dir
@@ -486,6 +486,10 @@ def _sqlite_folder_lock(url: str) -> Iterator[None]:
     if not name or name == ":memory:" or name.startswith("file:"):
         yield
         return
+    kind = special_kind(Path(name).expanduser())
+    if kind:  # a FIFO was 'disk I/O error', a folder 'unable to open database file'
+        raise ConfigError(f"search.storage={url}: {name} is {kind}, not a database file; name a new or existing "
+                          ".db file, e.g. sqlite:///runs/search.db")
     try:
         fd = os.open(Path(name).expanduser().resolve().parent, os.O_RDONLY)
     except OSError:
