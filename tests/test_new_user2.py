@@ -312,3 +312,32 @@ def test_hparams_table_shows_the_keys_of_the_command_line_first(tmp_path):
     shown = [info.name for info in experiment.hparam_infos][:5]
     assert {"optim.name", "norm.name"} <= set(shown), shown
     assert "data.name" not in shown and "task.name" not in shown  # always there, not chosen
+
+
+def test_layer_axes_are_ticked_at_whole_layers(tmp_path, monkeypatch):
+    """`vaitrain inspect --plot` and the report's activation-by-depth panel numbered layers 0.0,
+    2.5, 5.0, 7.5: there is no layer 2.5."""
+    import vaitrain.report as report
+    from vaitrain.inspect_init import inspect_jobs, plot_inspection
+    from vaitrain.track.runs import load_run
+
+    figures = [plot_inspection(inspect_jobs(["model=plain_mlp", "model.act=relu", "model.init=he",
+                                             "data.num_train=128", "data.num_val=32"]))]
+    r = CliRunner().invoke(app, ["train", "model=plain_mlp", "data.num_train=32", "data.num_val=16",
+                                 "data.image_size=16", "trainer.batch_size=8", "trainer.epochs=1",
+                                 "trainer.layer_stats=1", "trainer.threads=1", "trainer.progress=none",
+                                 "trainer.image_every=0", f"out_dir={tmp_path / 'runs'}"])
+    assert r.exit_code == 0, r.output
+    (run,) = [load_run(p) for p in (tmp_path / "runs").glob("*/*")]
+    monkeypatch.setattr(report, "png_bytes", lambda fig, dpi=90: figures.append(fig) or b"png")
+    assert report.layer_stats_png(run) == b"png"
+    checked = 0
+    for fig in figures:
+        fig.canvas.draw()
+        for ax in fig.axes:
+            if ax.get_xlabel().startswith("layer"):
+                lo, hi = ax.get_xlim()
+                ticks = [float(t) for t in ax.get_xticks() if lo <= t <= hi]
+                assert len(ticks) >= 2 and all(t.is_integer() for t in ticks), ticks
+                checked += 1
+    assert checked == 3  # inspect's two panels, the report's depth panel

@@ -239,6 +239,8 @@ def plot_inspection(result: InspectResult, path: Any = None) -> Any:
     """Two panels against depth, log y: pre-activation variance and gradient RMS, one line per job,
     the lecture's predictions dashed in the same colour. Saved as PNG to `path` when given."""
     Figure = _matplotlib()
+    from matplotlib.ticker import MaxNLocator
+
     fig = Figure(figsize=(11, 4.2 + 0.22 * len(result.jobs)), layout="constrained")
     ax_var, ax_grad = fig.subplots(1, 2)
     for i, job in enumerate(result.jobs):
@@ -258,6 +260,7 @@ def plot_inspection(result: InspectResult, path: Any = None) -> Any:
     for ax, what in ((ax_var, "pre-activation variance"), (ax_grad, "gradient RMS w.r.t. pre-activation")):
         ax.set_yscale("log")
         ax.set_xlabel("layer (weighted layers in call order)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # layer 5, not 2.5
         ax.set_ylabel(what)
         ax.set_title(what + " by depth, at init")
         ax.grid(True, which="both", alpha=0.3)

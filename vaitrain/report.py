@@ -172,6 +172,9 @@ def layer_stats_png(run: Run) -> bytes | None:
         ax_depth.plot(depth, [row[j] for row in a_grid], marker="o", markersize=3, label=f"step {a_steps[j]}")
     ax_depth.set_yscale("log")
     ax_depth.set_xlabel("layer")
+    from matplotlib.ticker import MaxNLocator
+
+    ax_depth.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # layer 5, not 2.5
     ax_depth.set_title("activation std by depth")
     ax_depth.grid(True, which="both", alpha=0.3)
     if a_steps:
