@@ -231,20 +231,26 @@ def test_val_fraction_zero_is_refused_where_a_split_is_carved(tmp_path):
 # ----- 3. stop signals during eval / predict / export ---------------------------------------------
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-@pytest.mark.parametrize("command", ["eval", "predict", "export"])
+@pytest.mark.parametrize("command", ["eval", "predict", "export", "report", "compare-runs"])
 def test_a_stop_signal_while_loading_is_one_line(hostile_run, tmp_path, monkeypatch, command, signum):
     import torch
 
-    real = torch.load
+    import vaitrain.track.runs as runs_module
+
+    # arrives while the checkpoint (eval, predict, export) or the run's records (report, compare-runs) are read
+    owner, name = (runs_module, "load_run") if command in ("report", "compare-runs") else (torch, "load")
+    real = getattr(owner, name)
 
     def load_then_signal(*args, **kwargs):
-        os.kill(os.getpid(), signum)  # arrives while the checkpoint is read
+        os.kill(os.getpid(), signum)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(torch, "load", load_then_signal)
+    monkeypatch.setattr(owner, name, load_then_signal)
     photo = next((hostile_run.parent.parent.parent / "data" / "val" / "cat").glob("*.png"))
     args = {"eval": ["eval", hostile_run], "predict": ["predict", hostile_run, photo, "--out", tmp_path / "p.csv"],
-            "export": ["export", hostile_run, "--format", "torchscript", "--out", tmp_path / "m.pt"]}[command]
+            "export": ["export", hostile_run, "--format", "torchscript", "--out", tmp_path / "m.pt"],
+            "report": ["report", hostile_run, "--out", tmp_path / "r.html"],
+            "compare-runs": ["compare-runs", hostile_run, "--plot", tmp_path / "c.png"]}[command]
     refused(cli(args), rf"^error: stopped by {signal.Signals(signum).name} before `vaitrain {command}` finished; "
             "run it again$", code=128 + signum)
     assert not list(tmp_path.iterdir())

@@ -443,14 +443,17 @@ def options(
 @one_line_errors
 def models(overrides: Optional[List[str]] = typer.Argument(None, help="e.g. data.image_size=64 task=segmentation; model=NAME: that model only", autocompletion=_complete)) -> None:
     """Every model (or model=NAME's) with its parameters and GFLOPs at the chosen data's resolution."""
-    from vaitrain.track.progress import for_stderr
-    from vaitrain.zoo import model_table
+    from vaitrain.interrupts import command_signals
 
-    progress = for_stderr()
-    try:
-        rows, size = model_table(list(overrides or []), progress)
-    finally:
-        progress.close()
+    with command_signals("models"):
+        from vaitrain.track.progress import for_stderr
+        from vaitrain.zoo import model_table
+
+        progress = for_stderr()
+        try:
+            rows, size = model_table(list(overrides or []), progress)
+        finally:
+            progress.close()
     console.print(_table(f"models at {size} px", ["model", "params", "GFLOPs fwd", "GFLOPs train", "note"], rows))
 
 
@@ -463,16 +466,19 @@ def inspect(
 ) -> None:
     """At initialization (norm=none unless given): each layer's activation variance and gradient norm for one batch."""
     _png_only(plot)
-    from vaitrain import inspect_init
+    from vaitrain.interrupts import command_signals
 
-    result = inspect_init.inspect_jobs(list(overrides or []))
-    for job in result.jobs:
-        console.print(_table(job.title, *inspect_init.table(job)))
-    for line in result.notes:
-        typer.echo(line)
-    if plot is not None:
-        inspect_init.plot_inspection(result, plot)
-        typer.echo(f"wrote {plot}", err=True)
+    with command_signals("inspect"):
+        from vaitrain import inspect_init
+
+        result = inspect_init.inspect_jobs(list(overrides or []))
+        for job in result.jobs:
+            console.print(_table(job.title, *inspect_init.table(job)))
+        for line in result.notes:
+            typer.echo(line)
+        if plot is not None:
+            inspect_init.plot_inspection(result, plot)
+            typer.echo(f"wrote {plot}", err=True)
 
 
 @app.command()
@@ -522,17 +528,20 @@ def compare_runs(
 ) -> None:
     """Runs side by side: the config keys that differ, best/final metrics, wall time, img/s, params."""
     _png_only(plot)
-    from vaitrain import compare as cmp
+    from vaitrain.interrupts import command_signals
 
-    result = cmp.compare_paths(paths, list(metric or []), sort)
-    for line in result.warnings:
-        typer.echo(f"warning: {line}", err=True)
-    typer.echo(cmp.render(result.comparison, fmt, None if wide else _terminal_width()))
-    if plot is not None:
-        from vaitrain.compare_plot import plot_runs
+    with command_signals("compare-runs"):  # not around --serve: there a stop signal is the way to end
+        from vaitrain import compare as cmp
 
-        plot_runs(result.runs, result.comparison.metrics, plot)
-        typer.echo(f"wrote {plot}", err=True)
+        result = cmp.compare_paths(paths, list(metric or []), sort)
+        for line in result.warnings:
+            typer.echo(f"warning: {line}", err=True)
+        typer.echo(cmp.render(result.comparison, fmt, None if wide else _terminal_width()))
+        if plot is not None:
+            from vaitrain.compare_plot import plot_runs
+
+            plot_runs(result.runs, result.comparison.metrics, plot)
+            typer.echo(f"wrote {plot}", err=True)
     if serve:
         logdir = cmp.common_parent([r.path for r in result.runs])
         free = cmp.free_port(port)
@@ -659,9 +668,12 @@ def report(
     out: Path = typer.Option(Path("report.html"), "--out", help="The HTML file to write (self-contained)."),
 ) -> None:
     """One self-contained HTML page for runs or sweeps: config diff, curves, tables, images, layer stats."""
-    from vaitrain.report import build_report
+    from vaitrain.interrupts import command_signals
 
-    result = build_report(paths, out)
+    with command_signals("report"):
+        from vaitrain.report import build_report
+
+        result = build_report(paths, out)
     for line in result.warnings:
         typer.echo(f"warning: {line}", err=True)
     typer.echo(f"wrote {result.out} ({len(result.runs)} runs)")

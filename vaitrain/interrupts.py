@@ -50,10 +50,10 @@ def startup_signals() -> Iterator[None]:
 
 @contextmanager
 def command_signals(command: str) -> Iterator[None]:
-    """For commands without a loop of their own (eval, predict, export): a stop signal anywhere, in
-    the imports or the model loading as in the work, is one line and exit 128 + signal (SIGTERM was
-    the default death, exit 143 without a word). Their CSV/JSON and model files are written
-    atomically: an interrupted command never leaves half of one."""
+    """For commands without a loop of their own (eval, predict, export, compare-runs, report, inspect,
+    models): a stop signal anywhere, in the imports or the model loading as in the work, is one line
+    and exit 128 + signal (SIGTERM was the default death, exit 143 without a word). Their CSV/JSON,
+    HTML and model files are written atomically: an interrupted command never leaves half of one."""
 
     def handler(signum: int, _frame: Any) -> None:
         name = signal.Signals(signum).name
