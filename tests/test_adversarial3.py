@@ -521,3 +521,21 @@ def torch_cat(parts):
     import torch
 
     return torch.cat(list(parts))
+
+
+def test_a_plot_that_fails_midway_leaves_the_old_file(hostile_run, tmp_path, monkeypatch):
+    """compare-runs --plot wrote matplotlib's bytes straight into FILE.png: a full disk (or a stop
+    signal) midway left half a PNG in place of the old one."""
+    from matplotlib.figure import Figure
+
+    plot = tmp_path / "curves.png"
+    plot.write_bytes(b"old plot")
+
+    def half_then_full(self, target, **kwargs):
+        (target.write if hasattr(target, "write") else open(target, "wb").write)(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", half_then_full)
+    refused(cli(["compare-runs", hostile_run, "--plot", plot]),
+            rf"^error: cannot write the plot '{plot}': No space left on device$")
+    assert plot.read_bytes() == b"old plot" and [p.name for p in tmp_path.iterdir()] == ["curves.png"]

@@ -6,6 +6,7 @@ span more than a factor of 10; the legend names only the keys that tell the runs
 """
 from __future__ import annotations
 
+import io
 import math
 import sys
 from pathlib import Path
@@ -105,8 +106,12 @@ def plot_runs(runs: Sequence[Run], metrics: Sequence[Metric], path: Path | str) 
     if legend:
         fig.legend(list(legend.values()), list(legend), loc="outside lower center", fontsize="small",
                    ncols=2 if len(legend) > 3 and max(map(len, legend)) < 40 else 1)
-    try:
-        fig.savefig(str(path), format="png", dpi=100)
+    from vaitrain.track.files import write_bytes_atomic
+
+    try:  # into memory, then renamed over the target: a full disk or a stop signal never leaves half a PNG
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+        write_bytes_atomic(Path(path), buf.getvalue())
     except OSError as err:
         raise VaitrainError(f"cannot write the plot '{path}': {err.strerror or err}") from None
     return fig
