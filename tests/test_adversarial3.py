@@ -539,3 +539,25 @@ def test_a_plot_that_fails_midway_leaves_the_old_file(hostile_run, tmp_path, mon
     refused(cli(["compare-runs", hostile_run, "--plot", plot]),
             rf"^error: cannot write the plot '{plot}': No space left on device$")
     assert plot.read_bytes() == b"old plot" and [p.name for p in tmp_path.iterdir()] == ["curves.png"]
+
+
+def test_a_mask_write_that_fails_midway_leaves_the_old_mask(tmp_path, monkeypatch):
+    """predict on a segmentation run saved each mask PNG straight into --out: a full disk midway left
+    half a PNG over the mask of a previous predict."""
+    out = tmp_path / "runs"
+    result = cli(["train", *TINY16, "task=segmentation", "model=unet", "model.width_mult=0.25", "data.num_train=16",
+                  "data.num_val=8", f"out_dir={out}"])
+    assert result.exit_code == 0, result.output
+    run = the_run(out)
+    photo = png(tmp_path / "in" / "scene.png", RNG.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    (masks / "scene.png").write_bytes(b"old mask")
+    import vaitrain.track.files as files_module
+
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files_module.os, "fsync", full_disk)
+    refused(cli(["predict", run, photo, "--out", masks]), rf"^error: cannot write {masks} \(No space left on device\)")
+    assert (masks / "scene.png").read_bytes() == b"old mask" and [p.name for p in masks.iterdir()] == ["scene.png"]

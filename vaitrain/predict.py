@@ -353,7 +353,7 @@ class _SegWriter:
             mask = scores[0].argmax(0).to(torch.uint8)
             stem = self._stem(path)
             target = self.out / f"{stem}.png"
-            Image.fromarray(mask.numpy()).save(target)
+            _save_png(Image.fromarray(mask.numpy()), target)
             self.written.append(target)
             row = {"path": _path_text(path), "mask": _path_text(target), "height": h, "width": w}
             if self.overlay:
@@ -367,11 +367,23 @@ class _SegWriter:
                 blended = torch.where(mask.bool(), draw.overlay(full, mask, colours), full)
                 arr = (blended.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
                 over = self.out / f"{stem}.overlay.png"
-                Image.fromarray(np.ascontiguousarray(arr)).save(over)
+                _save_png(Image.fromarray(np.ascontiguousarray(arr)), over)
                 self.written.append(over)
                 row["overlay"] = str(over)
             rows.append(row)
         return rows
+
+
+def _save_png(image: Image.Image, target: Path) -> None:
+    """Encoded in memory, then renamed into place: a full disk never leaves half a mask PNG (or
+    half of the one a previous predict wrote there)."""
+    from io import BytesIO
+
+    from vaitrain.track.files import write_bytes_atomic
+
+    buf = BytesIO()
+    image.save(buf, format="PNG")
+    write_bytes_atomic(target, buf.getvalue())
 
 
 def summary_lines(result: PredictResult) -> Iterable[str]:
