@@ -3,6 +3,7 @@ help and the messages must be what they expect from a peer tool (and true)."""
 from __future__ import annotations
 
 import colorsys
+import os
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -341,3 +342,35 @@ def test_layer_axes_are_ticked_at_whole_layers(tmp_path, monkeypatch):
                 assert len(ticks) >= 2 and all(t.is_integer() for t in ticks), ticks
                 checked += 1
     assert checked == 3  # inspect's two panels, the report's depth panel
+
+
+def test_bash_completion_leaves_no_space_after_a_key(tmp_path):
+    """In bash, `model.u<TAB>` gave `model.up= ` (a space after the '='), so the value typed next
+    was a word of its own; the installed script now asks for no space after a lone `key=`, and
+    bash's words `model` `=` then reach the values."""
+    import shutil
+    import subprocess
+    import sys
+
+    import pytest
+
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("bash is not installed")
+    script = CliRunner().invoke(app, ["--show-completion", "bash"], prog_name="vaitrain").output
+    assert "_vaitrain_completion" in script and "compopt -o nospace" in script
+    wrapper = tmp_path / "bin" / "vaitrain"  # the console entry, as pip writes it
+    wrapper.parent.mkdir()
+    wrapper.write_text(f"#!{sys.executable}\nfrom vaitrain.cli import app\napp(prog_name='vaitrain')\n")
+    wrapper.chmod(0o755)
+    (tmp_path / "completion.bash").write_text(script)
+    test = """source completion.bash
+compopt() { echo "compopt $1 $2"; }  # the builtin works only inside a real completion
+try() { COMP_WORDS=("$@"); COMP_CWORD=$((${#COMP_WORDS[@]}-1)); COMPREPLY=(); _vaitrain_completion vaitrain; echo "reply: ${COMPREPLY[*]}"; }
+try vaitrain train model = unet model.u
+try vaitrain train model = unet model.up = bi
+"""
+    env = {**os.environ, "PATH": f"{wrapper.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    out = subprocess.run([bash, "--norc", "--noprofile", "-c", test], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120).stdout.splitlines()
+    assert out == ["compopt -o nospace", "reply: model.up=", "reply: bilinear"], out

@@ -47,6 +47,24 @@ def _plain_help_types() -> None:
 _plain_help_types()
 
 
+def _bash_keys_stay_open() -> None:
+    """Bash's completion adds a space after a word it completes, so `model.u<TAB>` gave
+    `model.up= ` and the value typed next was a word of its own: the installed script asks for
+    no space when the one completion is a key ending in '=' (zsh and fish leave it open)."""
+    try:
+        from typer import _completion_shared as shared
+    except ImportError:
+        return
+    scripts = getattr(shared, "_completion_scripts", {})
+    script, end = scripts.get("bash"), "    return 0\n}"
+    if isinstance(script, str) and end in script and "compopt" not in script:
+        scripts["bash"] = script.replace(
+            end, '    if [[ ${#COMPREPLY[@]} -eq 1 && ${COMPREPLY[0]} == *= ]]; then compopt -o nospace; fi\n' + end, 1)
+
+
+_bash_keys_stay_open()
+
+
 class OneLineUsageErrors(TyperGroup):
     """Usage errors (an unknown option such as `-0` or `--multrun`, a missing argument, a mistyped
     command) as one line and exit 2, like every other bad input, instead of Typer's usage box."""
