@@ -561,3 +561,16 @@ def test_a_mask_write_that_fails_midway_leaves_the_old_mask(tmp_path, monkeypatc
     monkeypatch.setattr(files_module.os, "fsync", full_disk)
     refused(cli(["predict", run, photo, "--out", masks]), rf"^error: cannot write {masks} \(No space left on device\)")
     assert (masks / "scene.png").read_bytes() == b"old mask" and [p.name for p in masks.iterdir()] == ["scene.png"]
+
+
+# ----- --checkpoint given as the file's name, or empty ----------------------------------------------
+
+def test_checkpoint_named_by_its_file_name_or_empty(hostile_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no best.pt here: the run's own checkpoints/best.pt is meant
+    for name in ("best.pt", "last.pt"):
+        result = cli(["eval", hostile_run, "--checkpoint", name])
+        assert result.exit_code == 0, result.output
+        assert result.stdout.splitlines()[0] == str(hostile_run / "checkpoints" / name)
+    for empty in ("", " "):
+        refused(cli(["eval", hostile_run, "--checkpoint", empty]),
+                r"^error: --checkpoint is empty: give best, last or the path of a \.pt file$")

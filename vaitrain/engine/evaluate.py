@@ -85,7 +85,12 @@ def evaluate_checkpoint(model: torch.nn.Module, path: Path, loader: Any, task: A
 def resolve_checkpoint(run_dir: Path, checkpoint: str) -> Path:
     if checkpoint in ("best", "last"):
         return Path(run_dir) / rundir.CKPT_DIR / f"{checkpoint}.pt"
+    if not checkpoint.strip():  # Path("") is the working folder: '( is a folder)' said nothing
+        raise CheckpointError("--checkpoint is empty: give best, last or the path of a .pt file")
     path = Path(checkpoint)
+    own = Path(run_dir) / rundir.CKPT_DIR / checkpoint
+    if not path.exists() and path.name == checkpoint and own.is_file():
+        return own  # `--checkpoint best.pt`: the run's own file, named as it is in checkpoints/
     if path.is_dir() or (not path.exists() and path.suffix != ".pt"):  # `--checkpoint bets`
         raise CheckpointError(f"--checkpoint {checkpoint}: give best, last or the path of a .pt file "
                               f"({checkpoint} is {'a folder' if Path(checkpoint).is_dir() else 'no file'})")
