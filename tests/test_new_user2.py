@@ -374,3 +374,36 @@ try vaitrain train model = unet model.up = bi
     out = subprocess.run([bash, "--norc", "--noprofile", "-c", test], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=120).stdout.splitlines()
     assert out == ["compopt -o nospace", "reply: model.up=", "reply: bilinear"], out
+
+
+def test_report_curves_of_many_runs_keep_the_legend_off_the_lines(tmp_path, monkeypatch):
+    """`vaitrain report runs` over 40 runs: the legend inside the axes covered every curve (and
+    matplotlib warned that the layout collapsed); above 8 runs it goes below the axes."""
+    import warnings
+
+    import vaitrain.report as report
+    from fake_runs import merged, write_run
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from vaitrain.track.runs import load_run
+
+    runs = [load_run(write_run(tmp_path, {"val/loss": [1.0 / (i + 1), 0.5 / (i + 1)]}, tb=False,
+                               config=merged(**{"optim.lr": 0.01 * (i + 1)}), name=f"lr{i}"))
+            for i in range(12)]
+    figures = []
+    monkeypatch.setattr(report, "png_bytes", lambda fig, dpi=90: figures.append(fig) or b"png")
+    for some in (runs[:3], runs):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a collapsed layout is a UserWarning
+            assert report.curves_png(some, "val/loss", ["optim.lr"]) == b"png"
+            figures[-1].savefig(tmp_path / "c.png")
+    few, many = figures
+    assert few.axes[0].get_legend() is not None and not few.legends  # 3 runs: inside, as before
+    assert many.axes[0].get_legend() is None and len(many.legends) == 1
+    canvas = FigureCanvasAgg(many)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    legend = many.legends[0].get_window_extent(renderer)
+    axes = many.axes[0].get_window_extent(renderer)
+    assert legend.y1 <= axes.y0 and legend.y0 >= 0  # wholly below the plot, inside the picture
+    assert len(many.legends[0].get_texts()) == 12

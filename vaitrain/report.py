@@ -98,6 +98,9 @@ def curve_tags(runs: Sequence[Run]) -> list[str]:
     return sorted(tags, key=lambda t: (not t.startswith("val/"), t))
 
 
+LEGEND_INSIDE = 8  # a curves plot of more runs puts its legend below the axes
+
+
 def curves_png(runs: Sequence[Run], tag: str, keys: Sequence[str]) -> bytes | None:
     """One metric, one line per run, against epochs (steps when a run has no epoch records);
     log y for losses spanning more than a decade."""
@@ -127,7 +130,11 @@ def curves_png(runs: Sequence[Run], tag: str, keys: Sequence[str]) -> bytes | No
 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # 1 epoch: tick 1, not 0.945, 0.96, ...
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
+    if drawn <= LEGEND_INSIDE:
+        ax.legend(fontsize="small")
+    else:  # inside, 40 runs' names covered the curves (and collapsed the layout): below them instead
+        fig.set_figheight(3.4 + 0.14 * drawn)  # one column: two of long run names are wider than the plot
+        fig.legend(loc="outside lower center", fontsize="x-small")
     return png_bytes(fig)
 
 
