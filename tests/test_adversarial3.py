@@ -574,3 +574,27 @@ def test_checkpoint_named_by_its_file_name_or_empty(hostile_run, tmp_path, monke
     for empty in ("", " "):
         refused(cli(["eval", hostile_run, "--checkpoint", empty]),
                 r"^error: --checkpoint is empty: give best, last or the path of a \.pt file$")
+
+
+# ----- a user's config file whose YAML aliases expand without bound ---------------------------------
+
+BOMB = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]\n" for i in range(1, 9))  # 10^9 values
+
+
+@pytest.mark.parametrize("text, ok", [
+    (BOMB + "name: sgd\n", False),
+    ("loop: &loop [1, *loop]\nname: sgd\n", False),
+    ("defaults: [sgd, _self_]\nlr: &b 0.05\nweight_decay: *b\n", True),  # aliases in moderation still compose
+], ids=["billion_laughs", "self_reference", "small_alias"])
+def test_user_config_file_with_aliases(tmp_path, text, ok):
+    (tmp_path / "optim").mkdir()
+    (tmp_path / "optim" / "mine.yaml").write_text(text)
+    args = ["config", f"hydra.searchpath=[file://{tmp_path}]", "optim=mine"]
+    if ok:
+        result = cli(args)
+        assert result.exit_code == 0, result.output
+        assert "lr: 0.05" in result.stdout and "weight_decay: 0.05" in result.stdout
+    else:
+        refused(cli(args), rf"^error: {tmp_path}/optim/mine.yaml: its YAML aliases \(\*name\) expand to over 100,000 "
+                "values")

@@ -282,6 +282,7 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
         raise ConfigError("sweep values (a,b or range(...)) need -m/--multirun")
     _check_group_choices(parsed)
     dirs = [conf_dir(), *checks.search_dirs(parsed)]
+    checks.check_alias_expansion(dirs[1:])  # the user's folders only: the packaged files are ours
     # The group choices' composition is read from the cache when these files composed it before
     # (config_cache.py); a user's config folder, and anything unusual, composes through Hydra.
     cfg = config_cache.compose(parsed, (*GROUPS, EXPERIMENT), conf_dir(),

@@ -96,6 +96,61 @@ def search_dirs(parsed: Iterable[Any]) -> list[Path]:
     return dirs
 
 
+MAX_YAML_VALUES = 100_000  # values a user's config file may expand to through its aliases (*name)
+
+
+def check_alias_expansion(dirs: Sequence[Path]) -> None:
+    """The YAML files of the user's hydra.searchpath folders, refused when their aliases expand past
+    MAX_YAML_VALUES: a few lines of nested aliases (a 'billion laughs' file) reach billions of
+    values, which OmegaConf copies out one by one (a 1e6-value file hung `vaitrain config`). The
+    files are only composed (node graph, aliases shared), never expanded, to count."""
+    import yaml
+
+    from vaitrain.file_kinds import read_text
+
+    for folder in dirs:
+        for path in sorted(Path(folder).rglob("*.yaml")):
+            try:
+                docs = list(yaml.compose_all(read_text(path), Loader=yaml.SafeLoader))
+            except (OSError, ValueError, yaml.YAMLError, RecursionError):
+                continue  # a FIFO, bad bytes or bad syntax: Hydra's own error (or skip) names it
+            for doc in docs:
+                if doc is not None and _expanded_values(doc) > MAX_YAML_VALUES:
+                    raise ConfigError(f"{path}: its YAML aliases (*name) expand to over {MAX_YAML_VALUES:,} values (a "
+                                      "'billion laughs' file) or refer to themselves; write the values out instead")
+
+
+def _expanded_values(root: Any) -> int:
+    """Nodes of a composed YAML document once every alias is expanded, counted without expanding
+    (each node's count is kept by identity); a node that contains itself counts as unbounded."""
+    import yaml
+
+    def children(node: Any) -> list[Any]:
+        if isinstance(node, yaml.SequenceNode):
+            return list(node.value)
+        if isinstance(node, yaml.MappingNode):
+            return [x for pair in node.value for x in pair]
+        return []
+
+    counts: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, closing = stack.pop()
+        if closing:
+            open_nodes.discard(id(node))
+            counts[id(node)] = min(1 + sum(counts[id(c)] for c in children(node)), MAX_YAML_VALUES + 1)
+            continue
+        if id(node) in counts:
+            continue
+        if id(node) in open_nodes:  # &a [*a]: a node inside itself
+            return MAX_YAML_VALUES + 1
+        open_nodes.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in children(node) if id(c) not in counts)
+    return counts[id(root)]
+
+
 def config_file(name: str, dirs: Sequence[Path]) -> Path | None:
     """The real file behind Hydra's config name (e.g. 'experiment/typo'), searched as Hydra does."""
     for d in dirs:
