@@ -407,3 +407,38 @@ def test_report_curves_of_many_runs_keep_the_legend_off_the_lines(tmp_path, monk
     axes = many.axes[0].get_window_extent(renderer)
     assert legend.y1 <= axes.y0 and legend.y0 >= 0  # wholly below the plot, inside the picture
     assert len(many.legends[0].get_texts()) == 12
+
+
+def test_a_run_says_which_epoch_best_pt_is_when_not_the_last(tmp_path):
+    """The done line shows the last epoch's metrics while eval, predict and export load best.pt:
+    40 photos reached val/acc1=1 at epoch 1, the run ended 'val/acc1=1 val/loss=0.69' and eval
+    printed val/loss 0.89 'epoch 1' without a word why. Checked against metrics.jsonl (the first
+    epoch reaching the best val/acc1) and against what eval loads."""
+    import json
+
+    import pytest
+    from PIL import Image
+
+    root = tmp_path / "photos"
+    rng = np.random.default_rng(0)
+    for cls, colour in (("red", (200, 30, 30)), ("green", (30, 180, 40)), ("blue", (30, 40, 200))):
+        for i in range(10):
+            arr = np.clip(np.array(colour) + rng.integers(-30, 30, (12, 12, 3)), 0, 255).astype(np.uint8)
+            (root / cls).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arr).save(root / cls / f"{i}.png")
+    runner = CliRunner()
+    r = runner.invoke(app, ["train", "model=plain_cnn", "data=image_folder", f"data.root={root}",
+                            "data.val_fraction=0.2", "trainer.batch_size=4", "trainer.epochs=3",
+                            "trainer.threads=1", "trainer.progress=none", "trainer.image_every=0",
+                            f"out_dir={tmp_path / 'runs'}"])
+    assert r.exit_code == 0, r.output
+    (run,) = (tmp_path / "runs").glob("*/*")
+    epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    acc = {e["epoch"]: e["val/acc1"] for e in epochs if e["kind"] == "epoch"}
+    best_epoch = min(e for e, v in acc.items() if v == max(acc.values()))  # a tie keeps the first
+    line = re.search(r"^best\.pt is epoch (\d+) of 3 \(val/acc1=([\d.]+)\)", r.stdout, re.M)
+    assert (line is not None) == (best_epoch < 3), r.stdout
+    if line:
+        assert int(line.group(1)) == best_epoch and float(line.group(2)) == pytest.approx(acc[best_epoch], abs=1e-4)
+    shown = json.loads(runner.invoke(app, ["eval", str(run), "--json"]).stdout)
+    assert shown["epoch"] == best_epoch

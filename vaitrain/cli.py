@@ -315,6 +315,11 @@ def train(
     if rank:
         return
     main_metric = result.main_metric if result.main_metric in result.metrics else None
+    best = result.best or {}
+    if best.get("value") is not None and 0 < int(best.get("epoch", 0)) < result.epoch:
+        # the line below shows the last epoch's metrics; eval's default, best.pt, is another epoch
+        typer.echo(f"best.pt is epoch {best['epoch']} of {result.epoch} ({best['metric']}={best['value']:.4g}): "
+                   "eval, predict and export use it unless given --checkpoint last")
     summary = f"done: {result.run_dir}"
     if main_metric:
         summary += f"  {main_metric}={result.metrics[main_metric]:.4g}"

@@ -53,6 +53,7 @@ class RunResult:
     message: str = ""
     signal: int = 0  # the signal that stopped the run, if any
     main_metric: str = ""  # the task's main metric, e.g. val/miou (what the final line shows)
+    best: dict[str, Any] = field(default_factory=dict)  # best.pt's metric, value and epoch
 
 
 def _setup_process(cfg: DictConfig, ctx: dist.DistContext, device: torch.device) -> None:
@@ -242,7 +243,7 @@ class Trainer:
                      f"after epoch {self.epoch}/{epochs}" if self.epoch else f"before epoch 1/{epochs}")
             message = f"stopped {where} at step {self.step}; continue with: vaitrain train resume={self.run_dir}"
         return RunResult(self.run_dir, status, last, self.epoch, self.step, message, self.stop_signum,
-                         main_metric=f"val/{self.task.main_metric}")
+                         main_metric=f"val/{self.task.main_metric}", best=dict(self.best))
 
     def _test_best(self) -> dict[str, float]:
         """trainer.test_at_end: the test split's metrics (test/<name>) of the weights eval uses by
