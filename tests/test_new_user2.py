@@ -107,11 +107,18 @@ def test_lines_on_a_terminal_wrap_between_words(monkeypatch, capsys):
     assert capsys.readouterr().out == text + "\n"
 
 
-def test_search_names_the_best_values_as_overrides_to_train_with(tmp_path):
+def test_search_names_the_best_values_as_overrides_to_train_with(tmp_path, monkeypatch):
     """`best:` gave a Python dict ({'optim.lr': 0.0040...}); now the overrides themselves, which
-    `vaitrain train` takes as written and which are the best trial's own config values."""
+    `vaitrain train` takes as written and which are the best trial's own config values. The
+    table's run column names each trial's folder by its end, which fits 80 columns (the whole
+    name folded into three lines a row)."""
     import pytest
     import yaml
+
+    from vaitrain import cli
+
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setattr(cli._Console, "made", None)
 
     pytest.importorskip("optuna", reason="the search extra is not installed")
     tiny = ["data.num_train=64", "data.num_val=32", "data.image_size=16", "trainer.batch_size=32",
@@ -128,6 +135,11 @@ def test_search_names_the_best_values_as_overrides_to_train_with(tmp_path):
     assert float(given["optim.lr"]) == saved["optim"]["lr"] and given["optim"] == saved["optim"]["name"]
     composed = config.compose(m.group(1).split())  # what `vaitrain train <those>` composes
     assert composed.optim.lr == saved["optim"]["lr"] and composed.optim.name == saved["optim"]["name"]
+    rows = [line.split() for line in r.stdout.splitlines() if re.match(r"^\s+\d+\s+complete", line)]
+    assert len(rows) == 2 and all(len(line) <= 80 for line in r.stdout.splitlines() if "complete" in line)
+    folders = [p.name for p in Path(m.group(2)).parent.iterdir() if p.is_dir()]
+    for row in rows:  # '…-trial0001-1a2b3c' is the end of exactly one trial folder's name
+        assert row[-1].startswith("…-") and sum(f.endswith(row[-1][1:]) for f in folders) == 1, (row, folders)
 
 
 def test_inspect_table_at_80_columns_keeps_names_whole(monkeypatch):

@@ -357,6 +357,16 @@ def sweep_main(overrides: list[str]) -> None:
         raise typer.Exit(1)
 
 
+def _trial_folder(run_dir: Any) -> str:
+    """A trial's run folder by the end of its name ('…-trial0003-1a2b3c', unique in the search
+    folder printed below the table): the whole name folded into three lines at 80 columns."""
+    if not run_dir:
+        return ""
+    name = Path(run_dir).name
+    found = re.search(r"-(trial\d+-\w+)$", name)
+    return f"…-{found.group(1)}" if found else name
+
+
 @app.command(context_settings={"allow_extra_args": False})
 @one_line_errors
 def search(overrides: Optional[List[str]] = typer.Argument(None, help=(
@@ -368,7 +378,7 @@ def search(overrides: Optional[List[str]] = typer.Argument(None, help=(
     result = run_search(list(overrides or []), progress=lambda line: typer.echo(line, err=True))
     rows = [[t["number"], t["status"], t["value"], t["epochs"],
              " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["params"].items()),
-             Path(t["run_dir"]).name if t["run_dir"] else ""] for t in result.trials]
+             _trial_folder(t["run_dir"])] for t in result.trials]
     console.print(_table(f"study '{result.study}': {result.direction} {result.metric}, best first",
                          ["trial", "state", result.metric, "epochs", "params", "run"], rows))
     best = result.best
