@@ -454,3 +454,13 @@ def test_a_run_says_which_epoch_best_pt_is_when_not_the_last(tmp_path):
         assert int(line.group(1)) == best_epoch and float(line.group(2)) == pytest.approx(acc[best_epoch], abs=1e-4)
     shown = json.loads(runner.invoke(app, ["eval", str(run), "--json"]).stdout)
     assert shown["epoch"] == best_epoch
+
+
+def test_epoch_line_gives_the_epoch_time_a_unit():
+    """The epoch line read 'img/s 303  epoch_time 13.1': a time without its unit; now 's/epoch',
+    the seconds TensorBoard plots as train/time_per_epoch."""
+    from vaitrain.engine.records import _summary
+
+    shown = _summary({"train/loss": 0.5, "val/loss": 0.4, "val/acc1": 0.9, "train/throughput": 303.0,
+                      "train/time_per_epoch": 13.1}, "acc1")
+    assert shown == {"train/loss": 0.5, "val/loss": 0.4, "val/acc1": 0.9, "img/s": 303.0, "s/epoch": 13.1}

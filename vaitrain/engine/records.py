@@ -222,5 +222,5 @@ def _loss_note(cfg: DictConfig) -> str:
 
 def _summary(metrics: Mapping[str, float], main_metric: str) -> dict[str, float]:
     keys = [TRAIN_LOSS, "val/loss", f"val/{main_metric}", f"val_ema/{main_metric}", THROUGHPUT, EPOCH_TIME]
-    short = {THROUGHPUT: "img/s", EPOCH_TIME: "epoch_time"}
+    short = {THROUGHPUT: "img/s", EPOCH_TIME: "s/epoch"}  # units, as TensorBoard's train/time_per_epoch is seconds
     return {short.get(k, k): metrics[k] for k in keys if k in metrics}
