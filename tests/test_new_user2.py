@@ -464,3 +464,19 @@ def test_epoch_line_gives_the_epoch_time_a_unit():
     shown = _summary({"train/loss": 0.5, "val/loss": 0.4, "val/acc1": 0.9, "train/throughput": 303.0,
                       "train/time_per_epoch": 13.1}, "acc1")
     assert shown == {"train/loss": 0.5, "val/loss": 0.4, "val/acc1": 0.9, "img/s": 303.0, "s/epoch": 13.1}
+
+
+def test_plain_regression_reports_no_best_of_k():
+    """eval of a plain-head regression listed val/err and val/best_of_k, the same number (one
+    mean: the closest of K=1 hypotheses); best_of_k belongs to the heads with several."""
+    from vaitrain.tasks.regression import RegressionTask
+
+    data = SimpleNamespace(target_dim=2, target_names=["x", "y"], stats=None,
+                           target_mean=torch.zeros(2), target_std=torch.ones(2))
+    for head, expected in (("plain", False), ("gaussian", True), ("mdn", True)):
+        cfg = config.compose(["task=regression", f"task.head={head}"]).task
+        task = RegressionTask(cfg, data)
+        meter = task.new_meter()
+        meter.update(torch.randn(4, task.num_outputs), torch.randn(4, 2))
+        assert ("best_of_k" in meter.compute()) == expected, head
+        assert ("best_of_k" in RegressionTask.metrics_reported(cfg)) == expected, head

@@ -20,8 +20,8 @@ split's target_mean/target_std; `nll` adds sum_d log target_std_d (the change of
   the component with the highest alpha_k);
 - err: per-sample Euclidean error of the point prediction divided by sqrt(D) (an RMS over
   dimensions), averaged over samples;
-- best_of_k: the same per-sample error of the closest of the K means ("multiple hypotheses"),
-  averaged over samples (= err for plain and gaussian heads);
+- best_of_k (gaussian, mdn): the same per-sample error of the closest of the K means ("multiple
+  hypotheses"), averaged over samples (= err for the gaussian head);
 - nll (gaussian, mdn): mean per-sample NLL.
 """
 from __future__ import annotations
@@ -74,7 +74,8 @@ def mdn_nll(logit_alpha: Tensor, mu: Tensor, logsig: Tensor, y: Tensor) -> Tenso
 
 class RegressionMeter(Meter):
     def __init__(self, task: "RegressionTask"):
-        keys = ["loss", "count", "sq", "abs", "elems", "err", "best"] + (["nll"] if task.head != "plain" else [])
+        # best_of_k and nll only where they say something: a plain head has one mean and no density
+        keys = ["loss", "count", "sq", "abs", "elems", "err"] + (["best", "nll"] if task.head != "plain" else [])
         super().__init__({k: () for k in keys})
         self.task = task
 
@@ -96,7 +97,8 @@ class RegressionMeter(Meter):
         self._add("err", diff.pow(2).mean(-1).sqrt().sum())
         means = p["means"] * std + mean  # (N, K, D)
         per_k = (means - y_orig[:, None, :]).pow(2).mean(-1).sqrt()  # (N, K)
-        self._add("best", per_k.min(-1).values.sum())
+        if "best" in self.sums:
+            self._add("best", per_k.min(-1).values.sum())
         if t.head != "plain":
             self._add("nll", (t.nll(out, y) + torch.log(std).sum()).sum())
 
@@ -108,8 +110,9 @@ class RegressionMeter(Meter):
             "rmse": math.sqrt(s["sq"] / e),
             "mae": s["abs"] / e,
             "err": s["err"] / n,
-            "best_of_k": s["best"] / n,
         }
+        if "best" in s:
+            res["best_of_k"] = s["best"] / n
         if "nll" in s:
             res["nll"] = s["nll"] / n
         return res
@@ -124,7 +127,8 @@ class RegressionTask(Task):
 
     @classmethod
     def metrics_reported(cls, task_cfg: Any) -> dict[str, str]:
-        return {**cls.metric_modes, **({"nll": "min"} if str(task_cfg.head) != "plain" else {})}
+        modes = {**cls.metric_modes, **({"nll": "min"} if str(task_cfg.head) != "plain" else {})}
+        return modes if str(task_cfg.head) != "plain" else {k: v for k, v in modes.items() if k != "best_of_k"}
 
     def __init__(self, cfg: Any, data: Any):
         dim = getattr(data, "target_dim", None)
