@@ -148,6 +148,7 @@ PIPE = r"is a named pipe \(FIFO\), not a"
     ("eval", "config.yaml"), ("eval", "checkpoints/best.pt"), ("predict", "checkpoints/best.pt"),
     ("export", "checkpoints/best.pt"), ("compare-runs", "metrics.jsonl"), ("report", "metrics.jsonl"),
     ("resume", "overrides.txt"), ("eval", "env.json"),
+    ("report", "tb/events.out.tfevents.9999999999.host.1.0"),  # TensorBoard's reader opens every file in tb/
 ])
 def test_a_runs_file_that_is_a_fifo(hostile_run, tmp_path, command, name):
     run = Path(shutil.copytree(hostile_run, tmp_path / "run"))

@@ -144,7 +144,13 @@ def check_run_files(path: Path, folders: bool = True) -> None:
     """RunDirError when a run's own file is a named pipe, device or socket: reading it would wait for
     ever (a FIFO) or never end (/dev/zero); such a file is never what vaitrain wrote. folders: also
     when tb/ or checkpoints/ is a file (what eval and resume use; compare-runs reads neither)."""
-    for name in (CONFIG_FILE, OVERRIDES_FILE, METRICS_FILE, ENV_FILE, f"{CKPT_DIR}/best.pt", f"{CKPT_DIR}/last.pt"):
+    tb = Path(path) / TB_DIR
+    try:  # TensorBoard's reader opens every file in tb/: a FIFO there hung `vaitrain report`
+        events = [f"{TB_DIR}/{e.name}" for e in os.scandir(tb)] if tb.is_dir() else []
+    except OSError:
+        events = []
+    for name in (CONFIG_FILE, OVERRIDES_FILE, METRICS_FILE, ENV_FILE, f"{CKPT_DIR}/best.pt", f"{CKPT_DIR}/last.pt",
+                 *events):
         note = not_regular_note(Path(path) / name)
         if note:
             raise RunDirError(f"{note}; a run's {name} is a file vaitrain writes: restore it from a copy of the run "
