@@ -70,13 +70,21 @@ def _holds_runs(folder: Path) -> bool:
     data.root=.` puts runs/ beside the class folders). Read as a class, it made the next run fail with
     'class folder runs holds no images: ... remove the folder'. Runs sit at <out_dir>/<date>/<run>/
     (or <out_dir>/<run>/); sweeps and searches hold sweep.json / search.json."""
-    def subdirs(d: Path) -> list[Path]:
+    def subdirs(d: Path) -> list[Path] | None:
+        found = []
         with os.scandir(d) as it:
-            return [Path(e.path) for e in it if e.is_dir() and not e.name.startswith(".")]
+            for e in it:
+                if e.name.startswith("."):
+                    continue
+                if e.is_dir():
+                    found.append(Path(e.path))
+                elif is_image(Path(e.name)):  # a class folder: known at its first image, not after a full listing
+                    return None
+        return found
 
     try:
-        for child in subdirs(folder):
-            for d in (child, *subdirs(child)):
+        for child in subdirs(folder) or []:
+            for d in (child, *(subdirs(child) or [])):
                 if is_run_dir(d) or (d / "sweep.json").is_file() or (d / "search.json").is_file():
                     return True
     except OSError:  # unreadable: the scan of the class names it
