@@ -599,3 +599,15 @@ def test_user_config_file_with_aliases(tmp_path, text, ok):
     else:
         refused(cli(args), rf"^error: {tmp_path}/optim/mine.yaml: its YAML aliases \(\*name\) expand to over 100,000 "
                 "values")
+
+
+def test_an_image_whose_name_starts_with_a_dash(hostile_run, tmp_path, monkeypatch):
+    photo = next((hostile_run.parent.parent.parent / "data" / "val" / "cat").glob("*.png"))
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(photo, tmp_path / "-x.png")
+    refused(cli(["predict", hostile_run, "-x.png"]),
+            r"^error: No such option: -x; '-x.png' is a file: write ./-x.png, or put -- before it$")
+    for args in (["./-x.png"], ["--", "-x.png"]):
+        result = cli(["predict", hostile_run, *args])
+        assert result.exit_code == 0 and result.stdout.count("\n") == 2, result.output  # header + one row
+    refused(cli(["train", "-0"]), r"^error: No such option: -0 \(see `root train --help`\)$")  # no such file: as before

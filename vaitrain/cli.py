@@ -81,6 +81,7 @@ class OneLineUsageErrors(TyperGroup):
                 show()
                 sys.exit(getattr(err, "exit_code", 2))
             where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            where = _dash_file_hint(err, kwargs.get("args") or (args[0] if args else None)) or where
             typer.echo(f"error: {one_line(err.format_message())}{where}", err=True)
             sys.exit(getattr(err, "exit_code", 2))
         except typer.Abort:
@@ -91,6 +92,17 @@ class OneLineUsageErrors(TyperGroup):
         if not standalone:
             return rv
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _dash_file_hint(err: Exception, argv: Any) -> str:
+    """`vaitrain predict RUN -x.png`: a file whose name starts with '-' reads as an option ('No such
+    option: -x'); the hint says how to name it."""
+    name = getattr(err, "option_name", None)
+    words = list(argv) if argv is not None else sys.argv[1:]
+    if type(err).__name__ != "NoSuchOption" or not name:
+        return ""
+    found = next((w for w in words if isinstance(w, str) and w.startswith(name) and Path(w).exists()), None)
+    return f"; '{found}' is a file: write ./{found}, or put -- before it" if found else ""
 
 
 app = typer.Typer(
