@@ -349,8 +349,13 @@ def sweep_main(overrides: list[str]) -> None:
     from vaitrain.compare import compare_paths, render
     from vaitrain.sweep import SWEEP_FILE, run_sweep
 
-    # the engine (torch) is imported only after every job composed: a typo fails fast
-    result = run_sweep(overrides, progress=lambda line: typer.echo(line, err=True))
+    from vaitrain.interrupts import command_signals
+
+    # the engine (torch) is imported only after every job composed: a typo fails fast. A stop signal
+    # outside a job's training loop (which stops itself, last.pt) was the default death, sweep.json
+    # left saying 'running': now the jobs left are 'interrupted' and the line below names the resume
+    with command_signals("train -m"):
+        result = run_sweep(overrides, progress=lambda line: typer.echo(line, err=True))
     if result.run_dirs:
         typer.echo(render(compare_paths(result.run_dirs).comparison, "table", _terminal_width()))
     failed = result.failed
@@ -362,7 +367,10 @@ def sweep_main(overrides: list[str]) -> None:
     for job in failed:
         typer.echo(f"job{job.index:02d} ({' '.join(job.overrides)}) failed: {job.error}", err=True)
     if result.interrupted or failed:
-        typer.echo(f"continue with: vaitrain train -m resume={result.sweep_dir}", err=True)
+        import signal
+
+        why = f"stopped by {signal.Signals(result.signal or 2).name}: " if result.interrupted else ""
+        typer.echo(f"{why}continue with: vaitrain train -m resume={result.sweep_dir}", err=True)
     if result.interrupted:  # 128 + the signal, as a single run exits (130 for Ctrl-C, 143 for SIGTERM)
         raise typer.Exit(128 + (result.signal or 2))
     if failed:
@@ -535,21 +543,24 @@ def bench(
 ) -> None:
     """Training/inference img/s, step-time spread, peak memory, FLOPs and the data path; with
     bench.baseline=torchvision|bare a baseline side by side. A model that fails gets a row saying why."""
-    from vaitrain.bench import notes, run_bench, tables
+    from vaitrain.interrupts import command_signals
 
-    from vaitrain.track.progress import for_stderr
+    with command_signals("bench"):  # SIGTERM in torch's import or a timing loop was the default death
+        from vaitrain.bench import notes, run_bench, tables
+        from vaitrain.track.progress import for_stderr
 
-    progress = for_stderr()
+        progress = for_stderr()
 
-    def next_job(line: str) -> None:  # a job's line, then a spinner (plain lines off a terminal) while it runs
-        progress.finish()
-        progress.line(line)
-        progress.start(f"benchmarking {line.split(':', 1)[0]}")
+        def next_job(line: str) -> None:  # a job's line, then a spinner (plain lines off a terminal) while it runs
+            progress.finish()
+            progress.line(line)
+            progress.start(f"benchmarking {line.split(':', 1)[0]}")
 
-    try:
-        report = run_bench(list(overrides or []), multirun=multirun, out=str(out) if out else None, progress=next_job)
-    finally:
-        progress.close()
+        try:
+            report = run_bench(list(overrides or []), multirun=multirun, out=str(out) if out else None,
+                               progress=next_job)
+        finally:
+            progress.close()
     for title, columns, rows in tables(report):
         console.print(_table(title, columns, rows))
     for line in notes(report):
@@ -692,14 +703,19 @@ def lab(
     resume: Optional[Path] = typer.Option(None, "--resume", help="A lab folder of this topic: continue its sweeps."),
 ) -> None:
     """The lecture's claims, each shown by small runs or inspections, ending in a report."""
-    from vaitrain.lab import TOPICS, run_topic
+    from vaitrain.interrupts import command_signals
 
-    if topic is None:
-        console.print(_table("vaitrain lab TOPIC", ["topic", "trains", "claim"],
-                             [[t.name, "yes" if t.trains else "no", t.claim] for t in TOPICS.values()]))
-        return
-    result = run_topic(topic, size=size, out_dir=out_dir, overrides=list(overrides or []), resume=resume,
-                       progress=lambda line: typer.echo(line, err=True))
+    # a stop signal in the imports or an inspection: one line and 128 + signal; in a training run the
+    # loop's own handler takes over (last.pt), and the lab then names its folder for --resume
+    with command_signals("lab"):
+        from vaitrain.lab import TOPICS, run_topic
+
+        if topic is None:
+            console.print(_table("vaitrain lab TOPIC", ["topic", "trains", "claim"],
+                                 [[t.name, "yes" if t.trains else "no", t.claim] for t in TOPICS.values()]))
+            return
+        result = run_topic(topic, size=size, out_dir=out_dir, overrides=list(overrides or []), resume=resume,
+                           progress=lambda line: typer.echo(line, err=True))
     typer.echo(f"{result.topic}: {result.claim}")
     for f in result.findings:
         typer.echo(f"  {'agrees' if f.holds else 'CONTRADICTS'}: {f.claim}\n      measured: {f.measured}")

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from vaitrain.config import GROUPS, compose, expand_sweep
-from vaitrain.errors import ConfigError, RunDirError
+from vaitrain.errors import ConfigError, Interrupted, RunDirError
 from vaitrain.file_kinds import NotRegularFile, read_text, special_kind
 from vaitrain.jobs import JobSpec, check_launcher, find_run_dir, make_launcher, one_line, run_jobs
 from vaitrain.track.files import write_text_atomic
@@ -198,10 +198,17 @@ def run_sweep(
     if not pending:
         return result
     in_process = int(settings.parallel) == 1 and str(settings.launcher) == "local"
-    if in_process:
-        _run_in_process(result, started, list(zip(pending, planned)), train_fn, progress)
-    else:
-        _run_in_processes(result, started, list(zip(pending, planned)), settings, progress)
+    try:
+        if in_process:
+            _run_in_process(result, started, list(zip(pending, planned)), train_fn, progress)
+        else:
+            _run_in_processes(result, started, list(zip(pending, planned)), settings, progress)
+    except Interrupted as err:  # a stop signal outside a training loop (a job's start-up, between jobs)
+        result.interrupted, result.signal = True, result.signal or int(err.signum)
+        for job in result.jobs:  # sweep.json said 'running' for a job no process was running any more
+            if job.status in ("pending", "running"):
+                job.status = "interrupted"
+        _write(result, started)
     return result
 
 
@@ -248,6 +255,9 @@ def _run_in_process(result: SweepResult, started: str, work: list[tuple[SweepJob
             job.status, job.run_dir = "interrupted", job.run_dir or _found(sweep_dir, tag)
             _stop_after(result, job)
             _write(result, started)
+            raise
+        except Interrupted:  # a stop signal in the job's start-up (`train -m` turns one into this): not a failure
+            job.run_dir = job.run_dir or _found(sweep_dir, tag)
             raise
         except Exception as err:  # one job's failure (even a bug) must not end the sweep
             job.status, job.error = "failed", one_line(err)

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from vaitrain.bench.baselines import baseline_subject
 from vaitrain.bench.harness import Measurement, Settings, Setup, Subject, measure
 from vaitrain.bench.report import BenchReport, check_out, write_out
-from vaitrain.errors import ConfigError
+from vaitrain.errors import ConfigError, Interrupted
 
 Progress = Optional[Callable[[str], None]]
 SCHEDULE_EPOCHS = 1000  # the schedule built for the bench must not run out while it is timed
@@ -109,7 +109,7 @@ def bench_job(cfg: DictConfig, device: torch.device, peak: Optional[float] = Non
     }
     try:
         m = measure(lambda b: vaitrain_setup(cfg, device, b), batch_size(cfg), settings, count_flops)
-    except (KeyboardInterrupt, SystemExit):
+    except (KeyboardInterrupt, SystemExit, Interrupted):  # a stop signal ends the bench, not this row
         raise
     except Exception as err:  # noqa: BLE001 - the row carries the reason; other models go on
         row.update(status="failed", note=_reason(err))

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from vaitrain.errors import ConfigError, RunDirError, VaitrainError
+from vaitrain.errors import ConfigError, Interrupted, RunDirError, VaitrainError
 from vaitrain.file_kinds import NotRegularFile, read_text
 from vaitrain.lab.base import SIZES, Finding, LabContext, Outcome, Topic
 from vaitrain.lab import inspections as _i
@@ -136,10 +137,17 @@ def run_topic(name: str, *, size: str = "default", out_dir: Path | str = "runs",
     t0 = time.perf_counter()
     try:
         outcome = topic.run(ctx)
-    except VaitrainError:
+    except VaitrainError as err:
         if resume is None:
             _remove_if_unused(lab_dir, made)
-        raise
+        if not ctx.sweeps:
+            raise
+        # "run it again" would start a new lab folder: the sweeps so far continue with --resume
+        again = f"its runs so far are kept: continue with `vaitrain lab {name} --resume {lab_dir}`"
+        if isinstance(err, Interrupted):
+            raise Interrupted(f"stopped by {signal.Signals(err.signum).name} before `vaitrain lab {name}` "
+                              f"finished; {again}", err.signum) from None
+        raise type(err)(f"{err}; {again}") from None
     seconds = time.perf_counter() - t0
     report = lab_dir / REPORT_FILE
     write_lab_report(topic, outcome, ctx, report, seconds)

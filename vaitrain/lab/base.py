@@ -8,6 +8,7 @@ whether the measurement agrees. A finding that disagrees is reported as such, ne
 """
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -75,6 +76,17 @@ class LabContext:
         else:
             result = run_sweep([*overrides, *self.overrides], out_dir=parent, progress=self.progress)
         self.sweeps.append(result.sweep_dir)
+        if result.interrupted:  # the findings would be read off the jobs that ran: stop, the lab resumes it
+            from vaitrain.errors import Interrupted
+
+            signum = int(result.signal or signal.SIGINT)
+            raise Interrupted(f"stopped by {signal.Signals(signum).name} in the lab's sweep '{name}'", signum)
+        if result.failed:  # a finding over the runs that did train would compare fewer than the claim needs
+            from vaitrain.errors import TrainingError
+
+            job = result.failed[0]
+            raise TrainingError(f"{len(result.failed)} of {len(result.jobs)} runs of the lab's sweep '{name}' failed "
+                                f"(job {job.index + 1}: {job.error})")
         return result
 
     def compose_extra(self) -> list[str]:
