@@ -90,3 +90,87 @@ def test_sigterm_in_a_sweep_jobs_start_up_marks_the_sweep_interrupted(monkeypatc
     sweep_json = next(tmp_path.rglob("sweep.json"))
     assert f"stopped by SIGTERM: continue with: vaitrain train -m resume={sweep_json.parent}" in result.stderr
     assert [j["status"] for j in json.loads(sweep_json.read_text())["jobs"]] == ["interrupted", "interrupted"]
+
+
+# ----- 2. a run's folder and data changed by hand after training ----------------------------------
+
+FOLDER16 = ["model=resnet20", "model.width_mult=0.25", "norm=layer", "optim=sgd", "optim.lr=0.05", "data=image_folder",
+            "data.image_size=16", "trainer.batch_size=4", "trainer.epochs=1", "trainer.log_every=1",
+            "trainer.progress=plain", "trainer.image_every=0", "trainer.threads=1", "trainer.device=cpu"]
+
+
+def _folder(root: Path, train: int = 4, val: int = 2) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(4)
+    for split, n in (("train", train), ("val", val)):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("a4")
+    result = cli(["train", *FOLDER16, f"data.root={_folder(base / 'data')}", f"out_dir={base / 'runs'}"])
+    assert result.exit_code == 0, result.output
+    return next((base / "runs").rglob("config.yaml")).parent
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(run, tmp_path / "run"))
+
+
+def test_config_yaml_edited_by_hand_is_said_and_resume_refuses(folder_run, tmp_path):
+    """config.yaml is a record vaitrain never reads back; an edit there (optim.lr) was silently ignored
+    by eval, predict, export and resume."""
+    from adversarial import snapshot
+
+    run = _copy(folder_run, tmp_path)
+    clean = cli(["eval", run])
+    assert clean.exit_code == 0 and "note:" not in clean.stderr, clean.output  # as vaitrain wrote it: no word
+    text = (run / "config.yaml").read_text()
+    assert text.count("  lr: 0.05\n") == 1
+    (run / "config.yaml").write_text(text.replace("  lr: 0.05\n", "  lr: 0.5\n"))
+    said = (f"{run}/config.yaml was changed after vaitrain wrote it (optim.lr: 0.5 in config.yaml, 0.05 as the "
+            "run is read); config.yaml is a record of the run and is never read back: the run's settings come from "
+            "overrides.txt and its checkpoint. To change a setting give it on the command line (resume: vaitrain "
+            f"train resume={run} key=value)")
+    result = cli(["eval", run])
+    assert result.exit_code == 0 and f"note: {said}\n" in result.stderr, result.output
+    photo = next((folder_run.parent.parent.parent / "data" / "val" / "a").glob("*.png"))
+    result = cli(["predict", run, photo, "--out", tmp_path / "p.csv"])
+    assert result.exit_code == 0 and f"note: {said}\n" in result.stderr, result.output
+    result = cli(["export", run, "--format", "torchscript", "--out", tmp_path / "m.pt"])
+    assert result.exit_code == 0 and f"note: {said}\n" in result.stderr, result.output
+    before = snapshot(run)
+    refused(cli(["train", f"resume={run}", "trainer.epochs=2"]),
+            "^error: " + __import__("re").escape(said + ", or undo the edit to resume as the run was") + "$")
+    assert snapshot(run) == before
+    # the key given on the command line is the user's choice: not compared (the resume rules judge it)
+    refused(cli(["train", f"resume={run}", "trainer.epochs=2", "optim.lr=0.5"]),
+            r"^error: resume=\S+: optim.lr=0.5 differs from the run's optim.lr=0.05; a resumed run keeps")
+
+
+def test_data_grown_since_the_run_is_said_by_eval_and_resume(tmp_path):
+    """Images added to an image_folder (same classes) between a run and its eval/resume: the scores
+    and the rest of the run were on other data without a word (only the class list was compared)."""
+    data = _folder(tmp_path / "data")
+    result = cli(["train", *FOLDER16, f"data.root={data}", f"out_dir={tmp_path / 'runs'}"])
+    assert result.exit_code == 0, result.output
+    run = next((tmp_path / "runs").rglob("config.yaml")).parent
+    _folder(data, train=6, val=3)  # 2 more training and 1 more validation image per class
+    result = cli(["eval", run])
+    assert result.exit_code == 0, result.output
+    assert (f"note: '{run}/checkpoints/best.pt' was saved with 4 val samples, the data holds 6 val now (files added "
+            "or removed since): these scores are on the data as it is now, not as the run validated on\n") in result.stderr
+    result = cli(["train", f"resume={run}", "trainer.epochs=2"])
+    assert result.exit_code == 0, result.output
+    assert (f"note: '{run}/checkpoints/last.pt' was saved with 8 train / 4 val samples, the data holds 12 train / "
+            "6 val now (files added or removed since): the run goes on with the data as it is now, normalized with "
+            "the statistics it started with (its checkpoint's)") in result.output

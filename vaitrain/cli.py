@@ -678,6 +678,8 @@ def export(
         from vaitrain.export import export_run
 
         r = export_run(run_dir, fmt, out, checkpoint=checkpoint, include_normalization=not no_include_normalization)
+    for line in r.notes:
+        typer.echo(line, err=True)
     typer.echo(f"wrote {r.path} ({r.format}, input batch x {' x '.join(map(str, r.input_shape))}) and {r.sidecar}")
     if r.checked_with:
         typer.echo(f"checked with {r.checked_with}: max abs diff {r.max_abs_diff:.3g} vs PyTorch "

@@ -18,7 +18,7 @@ import os
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ class ExportResult:
     checked_with: str  # onnxruntime | torch | "" (not run: onnxruntime missing)
     export_seconds: float
     input_shape: tuple[int, ...]
+    notes: list[str] = field(default_factory=list)  # lines for the user (config.yaml edited by hand)
 
 
 def export_run(run_dir: Path, fmt: str, out: Path, *, checkpoint: str = "best", include_normalization: bool = True,
@@ -122,7 +123,7 @@ def export_run(run_dir: Path, fmt: str, out: Path, *, checkpoint: str = "best", 
         raise RunDirError(f"cannot write {out} ({err.strerror or err}): free space there or choose another --out") from None
     finally:
         tmp.unlink(missing_ok=True)
-    return ExportResult(out, sidecar, fmt, diff, checked_with, seconds, (c, s, s))
+    return ExportResult(out, sidecar, fmt, diff, checked_with, seconds, (c, s, s), trained.notes)
 
 
 def _umask() -> int:

@@ -152,7 +152,7 @@ def predict(run_dir: Path, inputs: Sequence[str], *, checkpoint: str = "best", o
         raise ConfigError(f"--overlay draws segmentation masks over the images; {run_dir} is a {task} run: drop --overlay")
     if topk is not None and task != "classification":
         raise ConfigError(f"--topk ranks classes; {run_dir} is a {task} run: drop --topk")
-    result = PredictResult(total=len(paths), notes=left_out)
+    result = PredictResult(total=len(paths), notes=[*trained.notes, *left_out])
     classes = int(getattr(trained.task, "num_classes", 0) or 0)
     if topk is not None and task == "classification" and topk > classes:
         result.notes.append(f"--topk {topk}: the model knows {classes} classes, so each row lists {classes}")

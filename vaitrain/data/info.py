@@ -20,4 +20,7 @@ def describe(bundle: Any, data_cfg: Any) -> dict[str, Any]:
         "resize": str(data_cfg.get("resize", "squash")),
         "crop_fraction": float(data_cfg.get("crop_fraction", 1.0)),
         "normalize": str(data_cfg.normalize),
+        # the split sizes: a resume or eval on a folder whose images were added or removed since says so
+        "num_train": int(getattr(bundle.train, "n", 0) or 0),
+        "num_val": int(getattr(bundle.val, "n", 0) or 0),
     }

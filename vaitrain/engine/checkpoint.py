@@ -187,6 +187,25 @@ def check_same_data(path: Path, state: dict[str, Any], data: Any) -> None:
             "data as it was, or train a new run")
 
 
+def data_size_note(path: Path, state: dict[str, Any], data: Any, splits: tuple[str, ...]) -> str | None:
+    """A line when a split holds another number of samples than when `path` was saved (images added
+    to or removed from the folder, CSV rows changed): the classes are checked above, the files are
+    not, and a resume or eval then goes on with other data without a word. None when they agree
+    (or the checkpoint predates the counts)."""
+    info = state.get("data_info") or {}
+    then, now = [], []
+    for split in splits:
+        was = info.get(f"num_{split}")
+        is_now = int(getattr(getattr(data, split, None), "n", 0) or 0)
+        if isinstance(was, int) and not isinstance(was, bool) and was > 0 and is_now and is_now != was:
+            then.append(f"{was} {split}")
+            now.append(f"{is_now} {split}")
+    if not then:
+        return None
+    return (f"note: '{path}' was saved with {' / '.join(then)} samples, the data holds {' / '.join(now)} now "
+            "(files added or removed since): ")
+
+
 def _few(keys: list[str], n: int = 3) -> str:
     shown = ", ".join(keys[:n])
     return shown + (f" and {len(keys) - n} more" if len(keys) > n else "")

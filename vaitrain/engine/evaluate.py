@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from vaitrain.engine.checkpoint import check_compatible, check_same_data, check_task, load_checkpoint
+from vaitrain.engine.checkpoint import check_compatible, check_same_data, check_task, data_size_note, load_checkpoint
 from vaitrain.engine.components import build_components
 from vaitrain.engine.device import autocast, resolve_device, resolve_precision
 from vaitrain.errors import CheckpointError, ConfigError, DataError, RunDirError
@@ -132,6 +132,11 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", overrides: list[str] =
         raise ConfigError(f"--split {split} is not a split; choose one of: {', '.join(SPLITS)}")
     refuse_more_runs(run_dir, overrides, "eval")
     cfg, path, state = load_run_checkpoint(run_dir, checkpoint, overrides)
+    from vaitrain.engine.resume import config_yaml_edits
+
+    edited = config_yaml_edits(run_dir, cfg, list(overrides))
+    if edited and progress is not None:  # the scores stand (the run as trained); the edit had no effect
+        progress.line(f"note: {edited}")
     device = resolve_device(cfg.trainer.device)
     precision = resolve_precision(cfg.trainer.precision, device)
     try:
@@ -139,6 +144,9 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", overrides: list[str] =
     except DataError as err:
         raise _moved_root(err, cfg, run_dir) from None
     check_same_data(path, state, c.data)
+    changed = data_size_note(path, state, c.data, ("val",)) if split == "val" else None
+    if changed and progress is not None:
+        progress.line(changed + "these scores are on the data as it is now, not as the run validated on")
     check_compatible(path, state, c.model, cfg.model.name, cfg.task.name)
     c.model.load_state_dict(state["model"])
     if cfg.trainer.channels_last:

@@ -37,8 +37,13 @@ def prepare(overrides: list[str]) -> tuple[DictConfig, list[str]]:
         raise RunDirError("resume= is empty; give the run directory to continue, e.g. resume=runs/<date>/<run>")
     if resume:
         run_dir = Path(resume[-1].split("=", 1)[1])
+        given = [o for o in overrides if not o.startswith("resume=")]
         overrides = resume_overrides(run_dir, overrides)
-        return compose_run(run_dir, overrides), overrides
+        cfg = compose_run(run_dir, overrides)
+        edited = config_yaml_edits(run_dir, cfg, given)
+        if edited:  # the user expects the edit to take effect: resuming without it would train silently without
+            raise ConfigError(f"{edited}, or undo the edit to resume as the run was")
+        return cfg, overrides
     return compose(overrides), overrides
 
 
@@ -136,6 +141,40 @@ def record_resume(run_dir: Path, plan: ResumePlan, overrides: list[str], config_
         text += "\n"
     write_text_atomic(run_dir / rundir.OVERRIDES_FILE, text + "\n".join([note, *given]) + "\n")
     write_text_atomic(run_dir / rundir.CONFIG_FILE, config_yaml)
+
+
+def config_yaml_edits(run_dir: Path, cfg: DictConfig, extra: list[str] = ()) -> str | None:
+    """A line when RUN/config.yaml no longer says what the run is read as: vaitrain writes it as a
+    record and never reads it back (eval, predict, export and resume compose the run from
+    overrides.txt and its checkpoint), so a setting edited there had no effect without a word.
+    Keys given in `extra` (the command line's overrides) are left out; None when they agree."""
+    from vaitrain.config import to_yaml
+    from vaitrain.track.runs import config_from_yaml, flatten
+
+    path = Path(run_dir) / rundir.CONFIG_FILE
+    text = _read_text(path)
+    if not text or text == to_yaml(cfg):
+        return None
+    try:
+        old_tree = config_from_yaml(text, str(path))
+    except RunDirError:  # compare-runs and report, which read it, refuse it in their own line
+        return None
+    if not isinstance(old_tree, dict):
+        return None
+    given = [o.split("=", 1)[0].lstrip("+~") for o in extra if "=" in o]
+    new = flatten(OmegaConf.to_container(cfg, resolve=True))
+    old = flatten(old_tree)
+    differ = [k for k in sorted(set(old) | set(new), key=lambda k: (not k.endswith(".name"), k))
+              if old.get(k, "(absent)") != new.get(k, "(absent)") and k.split(".")[0] not in NOT_COMPARED
+              and not any(k == g or k.startswith(g + ".") for g in given)]
+    if not differ:
+        return None
+    key = differ[0]
+    what = (f"{key}: {old.get(key, '(absent)')} in config.yaml, {new.get(key, '(absent)')} as the run is read"
+            + (f", and {len(differ) - 1} more" if len(differ) > 1 else ""))
+    return (f"{path} was changed after vaitrain wrote it ({what}); config.yaml is a record of the run and is never "
+            f"read back: the run's settings come from {rundir.OVERRIDES_FILE} and its checkpoint. To change a "
+            f"setting give it on the command line (resume: vaitrain train resume={run_dir} key=value)")
 
 
 def _read_text(path: Path) -> str:

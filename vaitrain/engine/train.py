@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from vaitrain.config import to_yaml
 from vaitrain.engine import dist
-from vaitrain.engine.checkpoint import check_compatible, check_same_data
+from vaitrain.engine.checkpoint import check_compatible, check_same_data, data_size_note
 from vaitrain.engine.checkpointing import BEST, LAST, RunStore, StopFlag
 from vaitrain.engine.components import build_components
 from vaitrain.engine.ema import WeightEMA
@@ -99,6 +99,10 @@ class Trainer:
         self.task = self.parts.task
         if self.resume_state is not None:
             check_same_data(self.store.last, self.resume_state, self.parts.data)
+            changed = data_size_note(self.store.last, self.resume_state, self.parts.data, ("train", "val"))
+            if changed:  # allowed (a folder grows), but the curves change there: said at the start
+                self.parts.data.notes.append(changed + "the run goes on with the data as it is now, normalized "
+                                             "with the statistics it started with (its checkpoint's)")
             check_compatible(self.store.last, self.resume_state, self.model, cfg.model.name, cfg.task.name)
         self.run_dir = self.store.open(
             Path(out_dir) if out_dir is not None else Path(cfg.out_dir), model=cfg.model.name,

@@ -3,7 +3,7 @@ start from. The checkpoint's `data_info` gives the input (channels, size, how ph
 to it) and the output names; its `data_stats` the normalization."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -26,6 +26,7 @@ class Trained:
     cfg: DictConfig
     checkpoint: Path
     device: torch.device
+    notes: list[str] = field(default_factory=list)  # lines for the user (config.yaml edited by hand)
 
 
 def _info_from_data(cfg: DictConfig, stats: dict[str, Any]) -> dict[str, Any]:
@@ -46,6 +47,9 @@ def load_trained(run_dir: Path, checkpoint: str = "best", overrides: list[str] =
     from vaitrain.tasks import build_task
 
     cfg, path, state = load_run_checkpoint(run_dir, checkpoint, overrides)
+    from vaitrain.engine.resume import config_yaml_edits
+
+    edited = config_yaml_edits(run_dir, cfg, list(overrides))
     stats = {k: torch.as_tensor(v).float() for k, v in (state.get("data_stats") or {}).items()}
     if "mean" not in stats or "std" not in stats:  # predict/export normalize new files with them
         raise CheckpointError(f"checkpoint '{path}' has no normalization statistics (data_stats mean/std): use the "
@@ -66,4 +70,4 @@ def load_trained(run_dir: Path, checkpoint: str = "best", overrides: list[str] =
         model.load_state_dict(ema_weights(state["ema"]))
     dev = resolve_device(device or cfg.trainer.device)
     model.to(dev).eval()
-    return Trained(model, task, dict(info), stats, cfg, path, dev)
+    return Trained(model, task, dict(info), stats, cfg, path, dev, [f"note: {edited}"] if edited else [])
