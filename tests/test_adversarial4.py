@@ -174,3 +174,37 @@ def test_data_grown_since_the_run_is_said_by_eval_and_resume(tmp_path):
     assert (f"note: '{run}/checkpoints/last.pt' was saved with 8 train / 4 val samples, the data holds 12 train / "
             "6 val now (files added or removed since): the run goes on with the data as it is now, normalized with "
             "the statistics it started with (its checkpoint's)") in result.output
+
+
+# ----- 3. a shell with torchrun's variables left exported ------------------------------------------
+
+@pytest.mark.parametrize("env, pattern", [
+    ({"WORLD_SIZE": "abc"}, r"^error: WORLD_SIZE='abc' in the environment is not a whole number: torchrun sets it"),
+    ({"WORLD_SIZE": "2", "RANK": "1"}, r"^error: WORLD_SIZE=2 is set in the environment but MASTER_ADDR and "
+                                       r"MASTER_PORT are not, so this is no torchrun process: unset RANK WORLD_SIZE"),
+    ({"WORLD_SIZE": "2", "RANK": "x", "MASTER_ADDR": "localhost", "MASTER_PORT": "29500"},
+     r"^error: RANK='x' in the environment is not a whole number"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "localhost", "MASTER_PORT": "99999"},
+     r"^error: MASTER_PORT=99999 in the environment is not a port \(1\.\.65535\)"),
+    ({"WORLD_SIZE": "2", "RANK": "3", "MASTER_ADDR": "localhost", "MASTER_PORT": "29500"},
+     r"^error: RANK=3 / LOCAL_RANK=0 in the environment are not below WORLD_SIZE=2"),
+])
+def test_torchrun_variables_left_in_the_shell(monkeypatch, tmp_path, env, pattern):
+    """A ValueError traceback (int('abc')) or torch's 'MASTER_ADDR expected' rendezvous error, after
+    the data was built; now one line before anything is written."""
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    refused(cli(["train", *TINY, f"out_dir={tmp_path / 'runs'}"]), pattern)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_lone_rank_left_in_the_shell_is_one_process(monkeypatch, tmp_path):
+    """RANK=1 without WORLD_SIZE: the run is one process, rank 0; the CLI took it for rank 1 and printed
+    no summary line."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("RANK", "1")
+    result = cli(["train", *TINY, "trainer.epochs=1", "data.num_train=16", "data.num_val=16",
+                  f"out_dir={tmp_path / 'runs'}"])
+    assert result.exit_code == 0 and "done: " in result.output, result.output

@@ -297,8 +297,11 @@ def train(
         cfg, overrides = prepare(overrides)
         from vaitrain.engine import train as run_train
 
+        from vaitrain.engine.dist import env_ranks
+
         devices = int(cfg.trainer.devices)
-        if devices > 1 and "WORLD_SIZE" not in os.environ:
+        world, rank, _ = env_ranks()  # a RANK/WORLD_SIZE left exported in the shell: one line
+        if devices > 1 and world <= 1:  # (a WORLD_SIZE=1 left there skipped the launch: one process trained)
             from vaitrain.engine.dist import check_setup
             from vaitrain.engine.device import resolve_device
             from vaitrain.engine.launch import launch
@@ -307,7 +310,6 @@ def train(
                         int(cfg.trainer.batch_size))
             # each rank composes the same config from the same command line (and finds RANK set)
             raise typer.Exit(launch(devices, ["train", *given]))
-        rank = int(os.environ.get("RANK", "0"))
         try:
             result = run_train(cfg, overrides)
         except VaitrainError as err:

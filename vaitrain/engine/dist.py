@@ -35,15 +35,43 @@ class DistContext:
         return self.world_size > 1
 
 
+_UNSET = "unset RANK WORLD_SIZE LOCAL_RANK MASTER_ADDR MASTER_PORT (trainer.devices=N starts the processes itself)"
+
+
+def _whole(name: str, default: str) -> int:
+    value = os.environ.get(name, default)
+    if not value.strip().isdigit():  # int() raised ValueError in the middle of train's start-up
+        raise DeviceError(f"{name}={value!r} in the environment is not a whole number: torchrun sets it for the "
+                          f"processes it starts; one exported in this shell is left over: {_UNSET}")
+    return int(value)
+
+
+def env_ranks() -> tuple[int, int, int]:
+    """(world size, rank, local rank) from torchrun's environment, checked: a WORLD_SIZE, RANK or
+    MASTER_PORT left exported in a shell (from an earlier torchrun by hand) was a ValueError
+    traceback, or a wait for a rendezvous that never comes. One process: (1, 0, 0)."""
+    world = _whole("WORLD_SIZE", "1")
+    if world <= 1:
+        return 1, 0, 0
+    rank, local = _whole("RANK", "0"), _whole("LOCAL_RANK", "0")
+    if rank >= world or local >= world:
+        raise DeviceError(f"RANK={rank} / LOCAL_RANK={local} in the environment are not below WORLD_SIZE={world}: "
+                          f"{_UNSET}")
+    missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k, "").strip()]
+    if missing:
+        raise DeviceError(f"WORLD_SIZE={world} is set in the environment but {' and '.join(missing)} "
+                          f"{'is' if len(missing) == 1 else 'are'} not, so this is no torchrun process: {_UNSET}")
+    port = _whole("MASTER_PORT", "0")
+    if not 1 <= port <= 65535:
+        raise DeviceError(f"MASTER_PORT={port} in the environment is not a port (1..65535): {_UNSET}")
+    return world, rank, local
+
+
 def from_environment() -> DistContext:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world, rank, local = env_ranks()
     if world <= 1:
         return DistContext()
-    return DistContext(
-        rank=int(os.environ.get("RANK", "0")),
-        world_size=world,
-        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
-    )
+    return DistContext(rank=rank, world_size=world, local_rank=local)
 
 
 def device_for_rank(device: torch.device, ctx: DistContext) -> torch.device:
