@@ -208,3 +208,28 @@ def test_a_lone_rank_left_in_the_shell_is_one_process(monkeypatch, tmp_path):
     result = cli(["train", *TINY, "trainer.epochs=1", "data.num_train=16", "data.num_val=16",
                   f"out_dir={tmp_path / 'runs'}"])
     assert result.exit_code == 0 and "done: " in result.output, result.output
+
+
+# ----- 4. a search resumed with another objective ----------------------------------------------------
+
+@pytest.mark.parametrize("change, pattern", [
+    ("search.metric=val/loss", r"search.metric=val/loss differs from the search's metric val/acc1"),
+    ("search.direction=minimize", r"contradicts val/acc1"),  # refused as before: the metric's own direction
+    ("search.study=other", r"search.study=other differs from the search's study search"),
+])
+def test_search_resumed_with_another_objective_is_refused(tmp_path, change, pattern):
+    """search.metric=val/loss on resume ranked the new trials' losses with the old trials' accuracies
+    in one study (the 'best' trial was then either kind); another study name began a fresh study."""
+    pytest.importorskip("optuna", reason="the search extra (pip install -e '.[search]') is not installed")
+    import json
+
+    from adversarial import snapshot
+
+    folder = tmp_path / "search"
+    folder.mkdir()
+    (folder / "search.json").write_text(json.dumps({
+        "overrides": [*[o for o in TINY if not o.startswith("optim.lr")], "optim.lr=log(1e-3,1e-1)"], "storage": f"sqlite:///{folder / 'study.db'}",
+        "study": "search", "metric": "val/acc1", "direction": "maximize", "started": "2026-12-01T10:00:00"}))
+    before = snapshot(folder)
+    refused(cli(["search", f"resume={folder}", change]), rf"^error: .*{pattern}")
+    assert snapshot(folder) == before

@@ -339,6 +339,19 @@ def _open_search(overrides: Sequence[str]) -> tuple[Path, list[str], bool]:
     return folder, [*kept, *extra], True
 
 
+def _check_same_study(folder: Path, now: dict[str, str]) -> None:
+    """A search resumed with another search.metric, direction, storage or study: the new trials' values
+    were ranked with the old ones (val/loss against val/acc1), or Optuna's 'cannot overwrite study
+    direction' traceback, or a fresh study beside the old one. Refused in one line."""
+    doc = json.loads(read_text(folder / SEARCH_FILE))  # read (and checked) by _open_search a moment ago
+    for key, value in now.items():
+        stored = doc.get(key)
+        if isinstance(stored, str) and stored != value:
+            raise ConfigError(f"resume={folder}: search.{key}={value} differs from the search's {key} {stored} "
+                              f"(its {SEARCH_FILE}); a resumed search keeps its objective and study: drop "
+                              f"search.{key}, or start a new search")
+
+
 def run_search(overrides: Sequence[str], *, progress: Progress | None = None,
                train_fn: Callable[..., Any] | None = None) -> SearchResult:
     """Run (or continue) a study until it holds search.trials finished trials. `train_fn` (default
@@ -350,6 +363,9 @@ def run_search(overrides: Sequence[str], *, progress: Progress | None = None,
     metric, direction = objective(base, known_only=train_fn is None)
     check_launcher(settings)
     given, beat = str(settings.storage), int(settings.heartbeat)
+    if resuming:  # before any database is opened; the default storage is the folder's own study.db
+        _check_same_study(folder, {"metric": metric, "direction": direction,
+                                   "study": str(settings.study) or "search", **({"storage": given} if given else {})})
     if given and "://" not in given:
         raise ConfigError(f"search.storage={given} is no database URL; write e.g. sqlite:///runs/search.db")
     storage = _open_storage(optuna, given, beat) if given else None  # a bad one fails before any folder
