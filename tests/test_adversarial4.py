@@ -233,3 +233,33 @@ def test_search_resumed_with_another_objective_is_refused(tmp_path, change, patt
     before = snapshot(folder)
     refused(cli(["search", f"resume={folder}", change]), rf"^error: .*{pattern}")
     assert snapshot(folder) == before
+
+
+def test_a_sweep_folder_has_one_runner_at_a_time(monkeypatch, tmp_path):
+    """Two `train -m resume=SWEEP` at once (or a resume while the sweep still ran) trained the same jobs
+    twice, each process writing its own sweep.json over the other's. The folder is locked (flock, no
+    file in it; the kernel drops it when its holder dies, kill -9 too)."""
+    import types
+
+    import vaitrain.engine
+    from vaitrain.sweep import _lock
+
+    def stopped(cfg, overrides, **kw):  # the first job's loop saw SIGTERM and stopped
+        return types.SimpleNamespace(status="stopped", signal=15, run_dir=None)
+
+    monkeypatch.setattr(vaitrain.engine, "train", stopped)
+    assert cli(["train", "-m", *TINY, "seed=1,2", f"out_dir={tmp_path}"]).exit_code == 143
+    sweep_dir = next(tmp_path.rglob("sweep.json")).parent
+    assert sorted(p.name for p in sweep_dir.iterdir()) == ["sweep.json"]
+    from adversarial import snapshot
+
+    before = snapshot(sweep_dir)
+    held = _lock(sweep_dir)  # another process's resume, running
+    try:
+        refused(cli(["train", "-m", f"resume={sweep_dir}"]),
+                rf"^error: sweep folder '{sweep_dir}' is in use by another `vaitrain train -m` \(the sweep still "
+                r"running, or a resume of it\): wait for it to end or stop it")
+    finally:
+        held.release()
+    assert snapshot(sweep_dir) == before
+    assert cli(["train", "-m", f"resume={sweep_dir}"]).exit_code == 143  # free again: it runs (and stops)

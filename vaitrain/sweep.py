@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -174,11 +175,18 @@ def run_sweep(
     sweep's unfinished jobs run (see plan_resume)."""
     sweep_dir = _is_resume(overrides)
     if sweep_dir is not None:
-        result, started, planned = plan_resume(sweep_dir, overrides)
-        pending = [j for j in result.jobs if j.status != "completed"]
-        settings = compose([*(pending[0].overrides if pending else []),
-                            *[o for o in overrides if o.startswith("sweep.")]]).sweep
-        check_launcher(settings)
+        # one process per sweep folder: two resumes at once (or a resume of a sweep still running)
+        # ran the same jobs twice and overwrote each other's sweep.json
+        lock = _lock(sweep_dir)
+        try:
+            result, started, planned = plan_resume(sweep_dir, overrides)
+            pending = [j for j in result.jobs if j.status != "completed"]
+            settings = compose([*(pending[0].overrides if pending else []),
+                                *[o for o in overrides if o.startswith("sweep.")]]).sweep
+            check_launcher(settings)
+        except BaseException:
+            lock.release()
+            raise
     else:
         planned = plan_sweep(overrides)
         settings = planned[0][1].sweep
@@ -189,14 +197,55 @@ def run_sweep(
                 raise ConfigError("out_dir cannot be swept: give one out_dir for the whole sweep")
             out_dir = dirs.pop()
         sweep_dir = _create_sweep_dir(Path(out_dir))
+        lock = _lock(sweep_dir)
         result = SweepResult(sweep_dir, list(overrides), [SweepJob(i, job) for i, (job, _) in enumerate(planned)])
         pending = list(result.jobs)
         started = _dt.datetime.now().isoformat(timespec="seconds")
+    try:
+        _run_pending(result, started, pending, planned, settings, train_fn, progress)
+    finally:
+        lock.release()
+    return result
+
+
+class _FolderLock:
+    """One process per sweep folder: two resumes at once (or a resume of a sweep still running) ran the
+    same jobs twice, and each rewrote sweep.json over the other's. An flock on the folder itself (no
+    file left in it), dropped by the kernel on any exit, kill -9 included."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd: int | None = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _lock(sweep_dir: Path) -> _FolderLock:
+    import fcntl
+
+    try:
+        fd = os.open(sweep_dir, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as err:
+        raise RunDirError(f"cannot open the sweep folder '{sweep_dir}' ({err.strerror or err})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise RunDirError(f"sweep folder '{sweep_dir}' is in use by another `vaitrain train -m` (the sweep still "
+                          "running, or a resume of it): wait for it to end or stop it (Ctrl-C, kill -TERM), "
+                          "then resume") from None
+    return _FolderLock(fd)
+
+
+def _run_pending(result: SweepResult, started: str, pending: list[SweepJob], planned: list, settings: DictConfig,
+                 train_fn: TrainFn | None, progress: Progress | None) -> None:
     for job in pending:
         job.status, job.error, job.seconds, job.started_at, job.ended_at = "pending", None, None, None, None
     _write(result, started)
     if not pending:
-        return result
+        return
     in_process = int(settings.parallel) == 1 and str(settings.launcher) == "local"
     try:
         if in_process:
@@ -209,7 +258,6 @@ def run_sweep(
             if job.status in ("pending", "running"):
                 job.status = "interrupted"
         _write(result, started)
-    return result
 
 
 def _swept(result: SweepResult, job: SweepJob) -> list[str]:
