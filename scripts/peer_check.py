@@ -30,8 +30,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 CLASSES = ("hstripes", "vstripes", "checker", "dots")
-SETTINGS = dict(model="resnet20", image_size=32, epochs=8, batch_size=32, lr=1e-3, weight_decay=0.0,
-                pad=4, flip=True)
+SETTINGS = dict(model="resnet20", optim="adam", image_size=32, epochs=8, batch_size=32, lr=1e-3,
+                weight_decay=0.0, pad=4, flip=True)
+SGD = dict(lr=0.1, weight_decay=5e-4)  # --optim sgd: vaitrain's optim=sgd (momentum 0.9, nesterov)
 
 
 # ----------------------------------------------------------------------------- the folder
@@ -83,18 +84,18 @@ def make_folder(root: Path, per_class: dict[str, int] | None = None, seed: int =
 # ----------------------------------------------------------------------------- vaitrain
 def vaitrain_cmd(root: Path, out: Path, seed: int, s: dict) -> list[str]:
     return [str(Path(sys.executable).parent / "vaitrain"), "train", "data=image_folder", f"data.root={root}",
-            f"data.image_size={s['image_size']}", f"model={s['model']}", "optim=adam", f"optim.lr={s['lr']}",
+            f"data.image_size={s['image_size']}", f"model={s['model']}", f"optim={s['optim']}", f"optim.lr={s['lr']}",
             f"optim.weight_decay={s['weight_decay']}", "sched=cosine", f"trainer.epochs={s['epochs']}",
             f"trainer.batch_size={s['batch_size']}", f"data.crop_padding={s['pad']}",
             f"data.flip={str(s['flip']).lower()}", f"seed={seed}", "trainer.threads=1", f"out_dir={out}",
-            f"name=peer{seed}"]
+            f"name=peer{s['model']}{s['optim']}{seed}"]
 
 
 def run_vaitrain(root: Path, out: Path, seed: int, s: dict) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = vaitrain_cmd(root, out, seed, s)
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    run = next(p for p in out.glob(f"*/*-peer{seed}-*") if p.is_dir())
+    run = next(p for p in out.glob(f"*/*-peer{s['model']}{s['optim']}{seed}-*") if p.is_dir())
     res = {}
     for split in ("val", "test"):
         ev = subprocess.run([cmd[0], "eval", str(run), "--split", split, "--json"], check=True, env=env,
@@ -105,6 +106,10 @@ def run_vaitrain(root: Path, out: Path, seed: int, s: dict) -> dict:
 
 # ----------------------------------------------------------------------------- the reference
 def build_net(name: str, num_classes: int) -> torch.nn.Module:
+    """torchvision's own ResNet-18 (its init too) where it has the model; else vaitrain's module."""
+    if name == "resnet18":
+        import torchvision
+        return torchvision.models.resnet18(num_classes=num_classes)
     from vaitrain.config import compose
     from vaitrain.models import build_model
     cfg = compose([f"model={name}"])
@@ -148,7 +153,14 @@ def run_reference(root: Path, seed: int, s: dict) -> dict:
     f = xtr.float() / 255
     mean, std = f.mean((0, 2, 3)), f.std((0, 2, 3), unbiased=False)
     model = build_net(s["model"], len(classes))
-    opt = torch.optim.Adam(model.parameters(), lr=s["lr"], weight_decay=s["weight_decay"])
+    # weight decay on conv/linear weights only (vaitrain's documented rule; timm's default too)
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    exempt = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": s["weight_decay"]}, {"params": exempt, "weight_decay": 0.0}]
+    if s["optim"] == "sgd":
+        opt = torch.optim.SGD(groups, lr=s["lr"], momentum=0.9, nesterov=True)
+    else:
+        opt = torch.optim.Adam(groups, lr=s["lr"])
     steps_per_epoch = len(xtr) // s["batch_size"]  # last incomplete batch dropped
     total = steps_per_epoch * s["epochs"]
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
@@ -187,9 +199,12 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--work", type=Path, default=None, help="folder for the data and runs (default: a temp dir)")
     ap.add_argument("--epochs", type=int, default=SETTINGS["epochs"])
+    ap.add_argument("--model", default=SETTINGS["model"], help="resnet20 (vaitrain's) or resnet18 (torchvision's)")
+    ap.add_argument("--optim", default="adam", choices=["adam", "sgd"], help="sgd: lr 0.1, wd 5e-4, nesterov")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    s = {**SETTINGS, "epochs": args.epochs}
+    s = {**SETTINGS, "epochs": args.epochs, "model": args.model, "optim": args.optim,
+         **(SGD if args.optim == "sgd" else {})}
     work = args.work or Path(tempfile.mkdtemp(prefix="peer_check-"))
     root = work / "textures"
     if not (root / "train").is_dir():
@@ -197,8 +212,9 @@ def main() -> None:
     print(f"data: {root} (train/val/test {120 * 4}/{30 * 4}/{50 * 4}, 4 classes, chance 0.25)")
     print(f"settings: {s}")
     rows = []
+    runs = Path(tempfile.mkdtemp(prefix="runs-", dir=work))  # this invocation's runs only
     for seed in args.seeds:
-        vt = run_vaitrain(root, work / "runs", seed, s)
+        vt = run_vaitrain(root, runs, seed, s)
         ref = run_reference(root, seed, s)
         rows.append((seed, vt, ref))
         print(f"seed {seed}: vaitrain val(best.pt) {vt['val']['metrics']['val/acc1']:.3f} test {vt['test']['metrics']['test/acc1']:.3f} | "
