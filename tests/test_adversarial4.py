@@ -263,3 +263,11 @@ def test_a_sweep_folder_has_one_runner_at_a_time(monkeypatch, tmp_path):
         held.release()
     assert snapshot(sweep_dir) == before
     assert cli(["train", "-m", f"resume={sweep_dir}"]).exit_code == 143  # free again: it runs (and stops)
+
+
+@pytest.mark.parametrize("override, option", [("out_dir=elsewhere", "--out-dir DIR"), ("resume=old", "--resume LAB_FOLDER")])
+def test_lab_given_out_dir_or_resume_as_an_override(tmp_path, override, option):
+    """`vaitrain lab init out_dir=x` / `resume=x`: dropped without a word (the lab wrote to runs/)."""
+    refused(cli(["lab", "init", "--size", "tiny", override, "--out-dir", tmp_path / "runs"]),
+            rf"^error: '{override}': the lab places its runs in its own folder; use `vaitrain lab init {option}`$")
+    assert not (tmp_path / "runs").exists()

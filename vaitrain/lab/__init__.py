@@ -128,6 +128,11 @@ def run_topic(name: str, *, size: str = "default", out_dir: Path | str = "runs",
     topic = get_topic(name)
     if size not in SIZES:
         raise ConfigError(f"--size {size} is not a valid choice; choose one of: {', '.join(SIZES)}")
+    for o in overrides:  # the lab places its own runs: these were dropped without a word
+        key = o.split("=", 1)[0].lstrip("+~")
+        if key in ("out_dir", "resume"):
+            option = "--out-dir DIR" if key == "out_dir" else "--resume LAB_FOLDER"
+            raise ConfigError(f"'{o}': the lab places its runs in its own folder; use `vaitrain lab {name} {option}`")
     made = [d for d in (Path(out_dir), Path(out_dir) / _dt.date.today().isoformat()) if not d.exists()]
     lab_dir = _lab_dir(Path(out_dir), name, Path(resume) if resume else None)
     doc = {"topic": name, "claim": topic.claim, "lecture": topic.lecture, "size": size,
