@@ -271,3 +271,33 @@ def test_lab_given_out_dir_or_resume_as_an_override(tmp_path, override, option):
     refused(cli(["lab", "init", "--size", "tiny", override, "--out-dir", tmp_path / "runs"]),
             rf"^error: '{override}': the lab places its runs in its own folder; use `vaitrain lab init {option}`$")
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("edit, reason", [
+    (lambda d: d.update(jobs=[]), "it lists no jobs"),  # was 'sweep: 0 jobs ()' and exit 0
+    (lambda d: d.update(jobs=d["jobs"] + d["jobs"]), r"its jobs are numbered \[0, 1, 0, 1\], not 0..3 in order"),
+    (lambda d: d["jobs"][0].update(index=7), r"its jobs are numbered \[7, 1\], not 0..1 in order"),
+    (lambda d: d.update(overrides=5), "its overrides are not a list of text"),  # a TypeError traceback
+    (lambda d: d["jobs"][1].update(overrides=["resume=/tmp"]), "job 1 holds a resume= override"),
+])
+def test_sweep_json_edited_by_hand(monkeypatch, tmp_path, edit, reason):
+    import json
+    import types
+
+    import vaitrain.engine
+
+    calls = []
+
+    def stopped(cfg, overrides, **kw):
+        calls.append(overrides)
+        return types.SimpleNamespace(status="stopped", signal=15, run_dir=None)
+
+    monkeypatch.setattr(vaitrain.engine, "train", stopped)
+    assert cli(["train", "-m", *TINY, "seed=1,2", f"out_dir={tmp_path}"]).exit_code == 143
+    sweep_json = next(tmp_path.rglob("sweep.json"))
+    doc = json.loads(sweep_json.read_text())
+    edit(doc)
+    sweep_json.write_text(json.dumps(doc))
+    refused(cli(["train", "-m", f"resume={sweep_json.parent}"]),
+            rf"^error: cannot read {sweep_json} \({reason}.*\); is it a vaitrain sweep folder\?$")
+    assert len(calls) == 1 and json.loads(sweep_json.read_text()) == doc

@@ -134,7 +134,18 @@ def plan_resume(sweep_dir: Path, extra: Sequence[str]) -> tuple[SweepResult, str
     try:
         doc = json.loads(read_text(sweep_dir / SWEEP_FILE))
         jobs = [SweepJob(**j) for j in doc["jobs"]]
-        for job in jobs:  # as vaitrain writes them: overrides as text, a run_dir inside the sweep folder
+        # an edited or cut sweep.json: no jobs said 'sweep: 0 jobs' and exit 0; a repeated or renumbered
+        # job ran twice; overrides that are no list of text were a TypeError traceback
+        if not jobs:
+            raise ValueError("it lists no jobs")
+        if [job.index for job in jobs] != list(range(len(jobs))):
+            raise ValueError(f"its jobs are numbered {[job.index for job in jobs][:6]}, not 0..{len(jobs) - 1} in order")
+        overrides = doc.get("overrides", [])
+        if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+            raise ValueError("its overrides are not a list of text")
+        for job in jobs:
+            if isinstance(job.overrides, list) and any(str(o).split("=", 1)[0] == "resume" for o in job.overrides):
+                raise ValueError(f"job {job.index} holds a resume= override, which vaitrain never writes there")  # as vaitrain writes them: overrides as text, a run_dir inside the sweep folder
             if not isinstance(job.overrides, list) or not all(isinstance(o, str) for o in job.overrides) \
                     or not isinstance(job.status, str) or not isinstance(job.run_dir, (str, type(None))):
                 raise ValueError(f"job {job.index} is not as vaitrain writes it")
