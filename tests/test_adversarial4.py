@@ -301,3 +301,48 @@ def test_sweep_json_edited_by_hand(monkeypatch, tmp_path, edit, reason):
     refused(cli(["train", "-m", f"resume={sweep_json.parent}"]),
             rf"^error: cannot read {sweep_json} \({reason}.*\); is it a vaitrain sweep folder\?$")
     assert len(calls) == 1 and json.loads(sweep_json.read_text()) == doc
+
+
+# ----- 5. the compose cache (~/.cache/vaitrain) --------------------------------------------------------
+
+def test_a_fifo_in_the_compose_cache_is_composed_again_not_waited_on(tmp_path):
+    """A named pipe where a cache entry goes hung every command that composes (read_text waited for a
+    writer); it is read as no entry, and the next write replaces it with the entry."""
+    from omegaconf import OmegaConf
+
+    from vaitrain import config_cache
+
+    fifo = tmp_path / "entry.json"
+    os.mkfifo(fifo)
+
+    def timeout(*_):
+        raise TimeoutError("the cache read waited on the FIFO")
+
+    old = signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(10)
+    try:
+        assert config_cache._read(fifo) is None
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    config_cache._write(fifo, OmegaConf.create({"a": 1}))  # not a composed config: left alone, never raises
+
+
+def test_a_full_disk_leaves_no_half_cache_entry(tmp_path, monkeypatch):
+    """ENOSPC/EDQUOT while writing an entry left '.<key>.json.<pid>.tmp' half-written in the cache."""
+    import errno
+
+    from vaitrain import config_cache
+    from vaitrain.config import compose
+
+    cfg = compose(["model=resnet20"])
+    real = Path.write_text
+
+    def half(self, text, *a, **k):
+        real(self, text[: len(text) // 2], *a, **k)
+        raise OSError(errno.EDQUOT, "Disk quota exceeded")
+
+    monkeypatch.setattr(Path, "write_text", half)
+    config_cache._write(tmp_path / "k.json", cfg)
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []

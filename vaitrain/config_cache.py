@@ -204,7 +204,9 @@ def _instance(cls: type, values: dict[str, Any]) -> Any:
 
 def _read(path: Path) -> DictConfig | None:
     try:
-        entry = json.loads(path.read_text(encoding="utf-8"))
+        from vaitrain.file_kinds import read_text
+
+        entry = json.loads(read_text(path))  # a FIFO in the cache hung every command that composes
         # an entry of another name copied in, or edited by hand, would be a silently wrong config
         if entry.get("format") != FORMAT or entry.get("key") != path.stem or entry.get("digest") != _digest(entry):
             return None
@@ -224,8 +226,12 @@ def _write(path: Path, cfg: DictConfig) -> None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)  # readers see the whole entry or none
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)  # readers see the whole entry or none
+        except OSError:  # a full disk or quota: no half-written temporary file left in the cache
+            tmp.unlink(missing_ok=True)
+            raise
         _prune(path.parent)
     except Exception:
         return
