@@ -346,3 +346,18 @@ def test_a_full_disk_leaves_no_half_cache_entry(tmp_path, monkeypatch):
     config_cache._write(tmp_path / "k.json", cfg)
     monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []
+
+
+# ----- 6. bench where nothing could be measured ----------------------------------------------------
+
+def test_bench_of_a_model_that_cannot_build_at_the_size_is_not_exit_0(tmp_path):
+    """`vaitrain bench model=unet task=segmentation data.image_size=10` printed a FAILED row and exited 0:
+    a script read it as measured. Every row failed: exit 2 and the reason in one line on stderr (a
+    sweep of models where some ran still exits 0, each failure in its row)."""
+    out = tmp_path / "b.json"
+    result = cli(["bench", "model=unet", "task=segmentation", "data.image_size=10", "bench.steps=1", "bench.data=false",
+                  "trainer.threads=1", "--out", out])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert result.stderr.strip().splitlines()[-1] == ("error: unet: image size 10 px does not fit a U-Net of depth 4 "
+                                                      "(the size must be divisible by 2^4=16): use data.image_size=16")
+    assert "unet: FAILED:" in result.stdout and out.is_file()  # the row and the file are still there

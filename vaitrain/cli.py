@@ -568,6 +568,11 @@ def bench(
         typer.echo(line)
     if report.out:
         typer.echo(f"wrote {report.out}")
+    failed = [r for r in report.rows if r.get("status") == "failed"]
+    if report.rows and len(failed) == len(report.rows):  # nothing measured: a script must not read exit 0
+        first = failed[0]
+        fail(f"{first['model']}: {first.get('note', 'failed')}" if len(failed) == 1 else
+             f"all {len(failed)} benchmarks failed (the FAILED lines above say why); nothing was measured")
 
 
 @app.command("compare-runs")
