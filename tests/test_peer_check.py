@@ -211,3 +211,8 @@ def test_resnet_default_init_is_torchvisions():
     lecun = build_model(cfg.model, cfg.norm, in_channels=3, num_outputs=10, image_size=32)
     w = lecun.layer4[1].conv2.weight.detach()
     assert float(w.var()) == pytest.approx(1 / (512 * 9), rel=0.05)
+    # CIFAR ResNets keep PyTorch's conv default (He-normal did worse there): Var 1/(3 fan_in)
+    cfg = compose(["model=resnet20"])
+    cifar = build_model(cfg.model, cfg.norm, in_channels=3, num_outputs=10, image_size=32)
+    w = cifar.layer3[2].conv2.weight.detach()
+    assert float(w.var()) == pytest.approx(1 / (3 * 64 * 9), rel=0.05)

@@ -157,8 +157,9 @@ def inspect_jobs(overrides: Sequence[str]) -> InspectResult:
         label = " ".join(swept) or str(cfg.model.name)
         title = (f"{cfg.model.name} at init (init={cfg.model.init}, act={cfg.model.act}, norm={norm}), "
                  f"one batch of {x.shape[0]}, loss = the task's")
-        # a ResNet's own init (model.init=default) is torchvision's He-normal convs: predicted as he
-        init = "he" if cfg.model.init == "default" and cfg.model.get("family") == "resnet" else str(cfg.model.init)
+        # an ImageNet-style ResNet's own init (model.init=default) is torchvision's He-normal convs
+        own_he = cfg.model.get("family") == "resnet" and cfg.model.get("style") == "imagenet"
+        init = "he" if cfg.model.init == "default" and own_he else str(cfg.model.init)
         result.jobs.append(InspectJob(list(job), label, title, rows, str(cfg.model.act), init, norm))
         if norm != "none":
             note = (f"note: norm={norm} re-normalizes every layer's output, which hides the init's effect "

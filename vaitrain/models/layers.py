@@ -235,7 +235,7 @@ def init_weights(model: nn.Module, init: str, dist: str = "normal") -> nn.Module
     """Re-initialize every Linear/Conv weight; biases to zero. Norm layers keep weight 1, bias 0.
 
     default: leave the model's own init: PyTorch's (U(+-1/sqrt(fan_in)) for Linear/Conv: variance
-    1/(3 fan_in)), except where the model sets its own (ResNet: torchvision's He-normal fan_out convs).
+    1/(3 fan_in)), except where the model sets its own (ImageNet-style ResNet: torchvision's He-normal fan_out convs).
     xavier: Glorot, Var = 2/(fan_in+fan_out) (equals the lecture's 1/fan_in for square layers);
     he: Var = 2/fan_in (ReLU gain); lecun: Var = 1/fan_in (with SELU: self-normalizing).
     dist: normal, or uniform with the same variance (bound sqrt(3 Var)).

@@ -145,12 +145,14 @@ class ResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = make_dropout(cfg.dropout, cfg.act)
         self.fc = nn.Linear(self.inplanes, num_outputs)
-        # torchvision's ResNet init (model.init=default): He-normal (fan_out) convs. PyTorch's own
-        # conv default, Var 1/(3 fan_in), learnt far worse from scratch: ResNet-18 on a 4-class
-        # folder at 32 px, 8 epochs, test acc 0.46 vs torchvision's 0.76 (scripts/peer_check.py).
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        # ImageNet style, model.init=default: torchvision's ResNet init, He-normal (fan_out) convs.
+        # PyTorch's own conv default, Var 1/(3 fan_in), learnt far worse from scratch: ResNet-18 on
+        # a 4-class folder at 32 px, 8 epochs, test acc 0.46 vs torchvision's 0.76. The CIFAR style
+        # keeps PyTorch's: there He-normal did worse (0.85 vs 0.91; scripts/peer_check.py).
+        if cfg.style != "cifar":
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def _norm(self, channels: int) -> nn.Module:
         return make_norm(self.norm_cfg, channels)

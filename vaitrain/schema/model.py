@@ -9,7 +9,7 @@ from typing import Any, List, Optional
 class ModelConfig:
     name: str = "resnet20"
     act: str = "relu"  # relu|leaky_relu|sigmoid|tanh|elu|selu|gelu
-    init: str = "default"  # default|xavier|he|lecun (default: ResNets torchvision's He fan_out convs, others PyTorch's)
+    init: str = "default"  # default|xavier|he|lecun (default: ImageNet ResNets torchvision's He fan_out convs, others PyTorch's)
     init_dist: str = "normal"  # normal|uniform (for xavier/he/lecun)
     dropout: float = 0.0  # before the final layer (AlphaDropout for selu nets)
     width_mult: float = 1.0  # multiplies every hidden width
