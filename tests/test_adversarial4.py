@@ -361,3 +361,22 @@ def test_bench_of_a_model_that_cannot_build_at_the_size_is_not_exit_0(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == ("error: unet: image size 10 px does not fit a U-Net of depth 4 "
                                                       "(the size must be divisible by 2^4=16): use data.image_size=16")
     assert "unet: FAILED:" in result.stdout and out.is_file()  # the row and the file are still there
+
+
+def test_sigterm_in_search_is_one_line_and_143(monkeypatch, tmp_path):
+    """SIGTERM while `vaitrain search` imported or opened its study was the default death (143, no
+    word); a search whose trials SIGTERM stopped exited 130 as if Ctrl-C."""
+    pytest.importorskip("optuna", reason="the search extra (pip install -e '.[search]') is not installed")
+    import vaitrain.search as search
+
+    def opening(*_a, **_k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("the handler did not raise")
+
+    monkeypatch.setattr(search, "run_search", opening)
+    refused(cli(["search", "optim.lr=log(1e-3,1e-1)"]),
+            r"^error: stopped by SIGTERM before `vaitrain search` finished; run it again$", code=143)
+    monkeypatch.setattr(search, "run_search", lambda *a, **k: search.SearchResult(
+        tmp_path, "sqlite://", "search", "val/acc1", "maximize", interrupted=True, signal=int(signal.SIGTERM)))
+    result = cli(["search", "optim.lr=log(1e-3,1e-1)"])
+    assert result.exit_code == 143 and f"continue with: vaitrain search resume={tmp_path}" in result.stderr

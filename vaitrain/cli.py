@@ -394,9 +394,14 @@ def search(overrides: Optional[List[str]] = typer.Argument(None, help=(
         "Search space and fixed overrides: optim.lr=log(1e-4,1e-1) model.width_mult=choice(0.5,1,2) "
         "search.trials=40; resume=SEARCH_DIR continues one."))) -> None:
     """Search hyper-parameters with Optuna (TPE, pruning, SQLite storage); each trial is a normal run."""
-    from vaitrain.search import param_overrides, run_search
+    from vaitrain.interrupts import command_signals
 
-    result = run_search(list(overrides or []), progress=lambda line: typer.echo(line, err=True))
+    # a stop signal in the imports or while the study opens was the default death (143, no word);
+    # the trials' loop has its own handler (the running trials stop with their last.pt)
+    with command_signals("search"):
+        from vaitrain.search import param_overrides, run_search
+
+        result = run_search(list(overrides or []), progress=lambda line: typer.echo(line, err=True))
     rows = [[t["number"], t["status"], t["value"], t["epochs"],
              " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["params"].items()),
              _trial_folder(t["run_dir"])] for t in result.trials]
@@ -410,7 +415,7 @@ def search(overrides: Optional[List[str]] = typer.Argument(None, help=(
     typer.echo(f"search: {result.search_dir} (storage {result.storage})")
     if result.interrupted:
         typer.echo(f"continue with: vaitrain search resume={result.search_dir}", err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(128 + (result.signal or 2))  # 143 for SIGTERM, as train and train -m exit
 
 
 @app.command("eval")

@@ -243,6 +243,7 @@ class SearchResult:
     direction: str
     trials: list[dict[str, Any]] = field(default_factory=list)  # every trial of the study, best first
     interrupted: bool = False
+    signal: int = 0  # the stop signal (SIGINT 2, SIGTERM 15) when interrupted
 
     @property
     def best(self) -> dict[str, Any] | None:
@@ -450,7 +451,8 @@ def run_search(overrides: Sequence[str], *, progress: Progress | None = None,
             progress(f"trial {trial.number} {line}")
 
     try:
-        result.interrupted = bool(run_jobs(launcher, next_job, on_start, on_done))
+        signum = run_jobs(launcher, next_job, on_start, on_done)
+        result.interrupted, result.signal = bool(signum), int(signum)
     except optuna.exceptions.StorageInternalError as err:  # the database went away, is read-only, ...
         cause = " ".join(str(err.__cause__ or err).split())[:160]
         raise RunDirError(f"the study's storage {url} failed ({cause}); the trials' runs are in {folder}; "
