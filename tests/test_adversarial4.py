@@ -137,8 +137,8 @@ def test_config_yaml_edited_by_hand_is_said_and_resume_refuses(folder_run, tmp_p
     text = (run / "config.yaml").read_text()
     assert text.count("  lr: 0.05\n") == 1
     (run / "config.yaml").write_text(text.replace("  lr: 0.05\n", "  lr: 0.5\n"))
-    said = (f"{run}/config.yaml was changed after vaitrain wrote it (optim.lr: 0.5 in config.yaml, 0.05 as the "
-            "run is read); config.yaml is a record of the run and is never read back: the run's settings come from "
+    said = (f"{run}/config.yaml no longer matches the run as vaitrain reads it (optim.lr: 0.5 in config.yaml, 0.05 "
+            "from overrides.txt); config.yaml is a record of the run and is never read back: the run's settings come from "
             "overrides.txt and its checkpoint. To change a setting give it on the command line (resume: vaitrain "
             f"train resume={run} key=value)")
     result = cli(["eval", run])

@@ -170,11 +170,11 @@ def config_yaml_edits(run_dir: Path, cfg: DictConfig, extra: list[str] = ()) -> 
     if not differ:
         return None
     key = differ[0]
-    what = (f"{key}: {old.get(key, '(absent)')} in config.yaml, {new.get(key, '(absent)')} as the run is read"
+    what = (f"{key}: {old.get(key, '(absent)')} in config.yaml, {new.get(key, '(absent)')} from overrides.txt"
             + (f", and {len(differ) - 1} more" if len(differ) > 1 else ""))
-    return (f"{path} was changed after vaitrain wrote it ({what}); config.yaml is a record of the run and is never "
-            f"read back: the run's settings come from {rundir.OVERRIDES_FILE} and its checkpoint. To change a "
-            f"setting give it on the command line (resume: vaitrain train resume={run_dir} key=value)")
+    return (f"{path} no longer matches the run as vaitrain reads it ({what}); config.yaml is a record of the "
+            f"run and is never read back: the run's settings come from {rundir.OVERRIDES_FILE} and its checkpoint. "
+            f"To change a setting give it on the command line (resume: vaitrain train resume={run_dir} key=value)")
 
 
 def _read_text(path: Path) -> str:
