@@ -380,3 +380,22 @@ def test_sigterm_in_search_is_one_line_and_143(monkeypatch, tmp_path):
         tmp_path, "sqlite://", "search", "val/acc1", "maximize", interrupted=True, signal=int(signal.SIGTERM)))
     result = cli(["search", "optim.lr=log(1e-3,1e-1)"])
     assert result.exit_code == 143 and f"continue with: vaitrain search resume={tmp_path}" in result.stderr
+
+
+def test_config_yaml_of_another_vaitrain_version_is_no_edit(folder_run, tmp_path):
+    """A run written by an older vaitrain: its config.yaml lacks keys added since, and holds defaults
+    that changed since (its checkpoints' copy of the config says the same). Neither is an edit: no
+    note, and resume is not refused for it."""
+    import torch
+
+    run = _copy(folder_run, tmp_path)
+    text = (run / "config.yaml").read_text()
+    older = text.replace("  lr: 0.05\n", "  lr: 0.07\n").replace("\n  log_every: 1\n", "\n")
+    assert older.count("lr: 0.07") == 1 and "log_every" not in older
+    (run / "config.yaml").write_text(older)
+    for ckpt in (run / "checkpoints").glob("*.pt"):
+        state = torch.load(ckpt, weights_only=True)
+        state["config_yaml"] = older
+        torch.save(state, ckpt)
+    result = cli(["eval", run])
+    assert result.exit_code == 0 and "note:" not in result.stderr, result.output

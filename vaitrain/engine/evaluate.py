@@ -134,7 +134,7 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", overrides: list[str] =
     cfg, path, state = load_run_checkpoint(run_dir, checkpoint, overrides)
     from vaitrain.engine.resume import config_yaml_edits
 
-    edited = config_yaml_edits(run_dir, cfg, list(overrides))
+    edited = config_yaml_edits(run_dir, cfg, list(overrides), state)
     if edited and progress is not None:  # the scores stand (the run as trained); the edit had no effect
         progress.line(f"note: {edited}")
     device = resolve_device(cfg.trainer.device)

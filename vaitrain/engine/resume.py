@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -37,13 +37,8 @@ def prepare(overrides: list[str]) -> tuple[DictConfig, list[str]]:
         raise RunDirError("resume= is empty; give the run directory to continue, e.g. resume=runs/<date>/<run>")
     if resume:
         run_dir = Path(resume[-1].split("=", 1)[1])
-        given = [o for o in overrides if not o.startswith("resume=")]
         overrides = resume_overrides(run_dir, overrides)
-        cfg = compose_run(run_dir, overrides)
-        edited = config_yaml_edits(run_dir, cfg, given)
-        if edited:  # the user expects the edit to take effect: resuming without it would train silently without
-            raise ConfigError(f"{edited}, or undo the edit to resume as the run was")
-        return cfg, overrides
+        return compose_run(run_dir, overrides), overrides
     return compose(overrides), overrides
 
 
@@ -91,6 +86,9 @@ def plan_resume(cfg: DictConfig, state: dict[str, Any], run_dir: Path) -> Resume
     old_tree = config_from_yaml(old_yaml, where) if old_yaml else {}
     old = flatten(old_tree) if isinstance(old_tree, dict) else {}
     new = flatten(OmegaConf.to_container(cfg, resolve=True))
+    edited = config_yaml_edits(run_dir, cfg, state=state)
+    if edited:  # the user expects the edit to take effect: the run would go on without it, without a word
+        raise ConfigError(f"{edited}, or undo the edit to resume as the run was")
     done, mid_epoch = int(state.get("epoch", 0)), int(state.get("batch_in_epoch", 0))
     planned = int(old.get("trainer.epochs", cfg.trainer.epochs))
     changes = []
@@ -143,11 +141,15 @@ def record_resume(run_dir: Path, plan: ResumePlan, overrides: list[str], config_
     write_text_atomic(run_dir / rundir.CONFIG_FILE, config_yaml)
 
 
-def config_yaml_edits(run_dir: Path, cfg: DictConfig, extra: list[str] = ()) -> str | None:
+def config_yaml_edits(run_dir: Path, cfg: DictConfig, extra: Sequence[str] = (),
+                      state: dict[str, Any] | None = None) -> str | None:
     """A line when RUN/config.yaml no longer says what the run is read as: vaitrain writes it as a
     record and never reads it back (eval, predict, export and resume compose the run from
     overrides.txt and its checkpoint), so a setting edited there had no effect without a word.
-    Keys given in `extra` (the command line's overrides) are left out; None when they agree."""
+    A key counts when config.yaml's value differs from the composed one and from the one in the
+    checkpoint's own copy of the config (`state`, written by the same vaitrain at the same time:
+    a default changed by a newer vaitrain, or a best.pt older than a resume's change, is no edit).
+    Keys only one side has (added by a newer vaitrain) and keys given in `extra` are left out."""
     from vaitrain.config import to_yaml
     from vaitrain.track.runs import config_from_yaml, flatten
 
@@ -164,8 +166,16 @@ def config_yaml_edits(run_dir: Path, cfg: DictConfig, extra: list[str] = ()) -> 
     given = [o.split("=", 1)[0].lstrip("+~") for o in extra if "=" in o]
     new = flatten(OmegaConf.to_container(cfg, resolve=True))
     old = flatten(old_tree)
-    differ = [k for k in sorted(set(old) | set(new), key=lambda k: (not k.endswith(".name"), k))
-              if old.get(k, "(absent)") != new.get(k, "(absent)") and k.split(".")[0] not in NOT_COMPARED
+    stored: dict[str, Any] | None = None
+    if state and state.get("config_yaml"):
+        try:
+            tree = config_from_yaml(str(state["config_yaml"]), "the checkpoint's config")
+            stored = flatten(tree) if isinstance(tree, dict) else None
+        except RunDirError:
+            stored = None
+    differ = [k for k in sorted(set(old) & set(new), key=lambda k: (not k.endswith(".name"), k))
+              if old[k] != new[k] and k.split(".")[0] not in NOT_COMPARED
+              and (stored is None or (k in stored and stored[k] != old[k]))
               and not any(k == g or k.startswith(g + ".") for g in given)]
     if not differ:
         return None

@@ -49,7 +49,7 @@ def load_trained(run_dir: Path, checkpoint: str = "best", overrides: list[str] =
     cfg, path, state = load_run_checkpoint(run_dir, checkpoint, overrides)
     from vaitrain.engine.resume import config_yaml_edits
 
-    edited = config_yaml_edits(run_dir, cfg, list(overrides))
+    edited = config_yaml_edits(run_dir, cfg, list(overrides), state)
     stats = {k: torch.as_tensor(v).float() for k, v in (state.get("data_stats") or {}).items()}
     if "mean" not in stats or "std" not in stats:  # predict/export normalize new files with them
         raise CheckpointError(f"checkpoint '{path}' has no normalization statistics (data_stats mean/std): use the "
