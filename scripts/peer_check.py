@@ -107,9 +107,9 @@ def run_vaitrain(root: Path, out: Path, seed: int, s: dict) -> dict:
 # ----------------------------------------------------------------------------- the reference
 def build_net(name: str, num_classes: int) -> torch.nn.Module:
     """torchvision's own ResNet-18 (its init too) where it has the model; else vaitrain's module."""
-    if name == "resnet18":
+    if name in ("resnet18", "densenet121"):
         import torchvision
-        return torchvision.models.resnet18(num_classes=num_classes)
+        return getattr(torchvision.models, name)(num_classes=num_classes)
     from vaitrain.config import compose
     from vaitrain.models import build_model
     cfg = compose([f"model={name}"])
@@ -199,7 +199,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--work", type=Path, default=None, help="folder for the data and runs (default: a temp dir)")
     ap.add_argument("--epochs", type=int, default=SETTINGS["epochs"])
-    ap.add_argument("--model", default=SETTINGS["model"], help="resnet20 (vaitrain's) or resnet18 (torchvision's)")
+    ap.add_argument("--model", default=SETTINGS["model"], help="resnet20 (vaitrain's), resnet18 or densenet121 (torchvision's)")
     ap.add_argument("--optim", default="adam", choices=["adam", "sgd"], help="sgd: lr 0.1, wd 5e-4, nesterov")
     args = ap.parse_args()
     torch.set_num_threads(1)
