@@ -4,7 +4,7 @@ Class names (folder names), CSV column names, paths and config values come from 
 a cell starting with = + - @ (or a tab / carriage return) is run as a formula by Excel, LibreOffice
 and Google Sheets (`=HYPERLINK(...)`, `@SUM(...)`, DDE). OWASP's defence: such a text cell is
 written with a leading single quote, which spreadsheets show as text. Numbers (including text that
-is a plain number such as "-2.5") are left as they are.
+is a plain number such as "-2.5" or "-inf") are left as they are.
 """
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ import re
 from typing import Any, Iterable, Sequence
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+# -inf / -nan too: compare-runs writes a non-finite metric as str(float); quoted, a CSV reader got the
+# text "'-inf" for val/loss while "inf" and "nan" stayed numbers
+_NUMBER = re.compile(r"[+-]?((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|inf|infinity|nan)", re.IGNORECASE)
 
 
 def safe_cell(value: Any) -> Any:

@@ -242,11 +242,15 @@ def _lock(sweep_dir: Path) -> _FolderLock:
         raise RunDirError(f"cannot open the sweep folder '{sweep_dir}' ({err.strerror or err})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:  # EWOULDBLOCK: another process holds it
         os.close(fd)
         raise RunDirError(f"sweep folder '{sweep_dir}' is in use by another `vaitrain train -m` (the sweep still "
                           "running, or a resume of it): wait for it to end or stop it (Ctrl-C, kill -TERM), "
                           "then resume") from None
+    except OSError as err:  # no flock on this file system (Lustre without -o flock: ENOSYS; ENOLCK): not 'in use'
+        os.close(fd)
+        raise RunDirError(f"cannot lock the sweep folder '{sweep_dir}' ({err.strerror or err}): its file system "
+                          "does not support locks; give out_dir= on a local disk") from None
     return _FolderLock(fd)
 
 
