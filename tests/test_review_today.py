@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from tests.adversarial import TINY, cli, refused
+from tests.adversarial import TINY, cli, refused, the_run
 from vaitrain import sweep
 from vaitrain.csv_cells import csv_text, safe_cell
 from vaitrain.errors import RunDirError
@@ -45,3 +45,24 @@ def test_sweep_lock_on_a_file_system_without_flock(tmp_path, monkeypatch) -> Non
     result = cli(["train", "-m", *TINY, "optim.lr=0.05,0.1", f"out_dir={tmp_path / 'sweeps'}"])
     line = refused(result, r"cannot lock the sweep folder .*Function not implemented.*local disk")
     assert "in use" not in line
+
+
+def test_eval_with_a_size_override_is_no_data_change(tmp_path) -> None:
+    """`vaitrain eval RUN data.num_val=64` (a larger validation set on purpose) was noted as 'saved with
+    32 val samples, the data holds 64 now (files added or removed since)'; the note stays for a
+    split that changed without such an override."""
+    from vaitrain.engine.checkpoint import data_size_note
+
+    args = [a for a in TINY if not a.startswith(("trainer.epochs", "data.num_val"))]
+    assert cli(["train", *args, "trainer.epochs=1", "data.num_val=32", f"out_dir={tmp_path}"]).exit_code == 0
+    run = the_run(tmp_path)
+    bigger = cli(["eval", str(run), "data.num_val=64"])
+    assert bigger.exit_code == 0, bigger.output
+    assert "was saved with" not in bigger.stderr, bigger.stderr
+
+    state = {"data_info": {"num_val": 32}}
+    data = type("Data", (), {"val": type("Split", (), {"n": 64})()})()
+    note = data_size_note(run / "best.pt", state, data, ("val",))
+    assert note and "32 val" in note and "64 val" in note
+    assert data_size_note(run / "best.pt", state, data, ("val",), ["data.num_val=64"]) is None
+    assert data_size_note(run / "best.pt", state, data, ("val",), ["optim.lr=0.1"]) == note

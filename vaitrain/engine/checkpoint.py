@@ -6,7 +6,7 @@ import pickle
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -187,11 +187,19 @@ def check_same_data(path: Path, state: dict[str, Any], data: Any) -> None:
             "data as it was, or train a new run")
 
 
-def data_size_note(path: Path, state: dict[str, Any], data: Any, splits: tuple[str, ...]) -> str | None:
+# the options that set a split's size: given on the command line (`eval RUN data.num_val=5000`),
+# another count is what the user asked for, not files added or removed
+SIZE_KEYS = ("data.num_train", "data.num_val", "data.val_fraction")
+
+
+def data_size_note(path: Path, state: dict[str, Any], data: Any, splits: tuple[str, ...],
+                   given: Sequence[str] = ()) -> str | None:
     """A line when a split holds another number of samples than when `path` was saved (images added
     to or removed from the folder, CSV rows changed): the classes are checked above, the files are
     not, and a resume or eval then goes on with other data without a word. None when they agree
-    (or the checkpoint predates the counts)."""
+    (or the checkpoint predates the counts), or when `given` (the user's overrides) sets a size."""
+    if any(o.split("=", 1)[0].lstrip("+") in SIZE_KEYS for o in given):
+        return None
     info = state.get("data_info") or {}
     then, now = [], []
     for split in splits:

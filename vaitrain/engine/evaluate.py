@@ -144,7 +144,7 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", overrides: list[str] =
     except DataError as err:
         raise _moved_root(err, cfg, run_dir) from None
     check_same_data(path, state, c.data)
-    changed = data_size_note(path, state, c.data, ("val",)) if split == "val" else None
+    changed = data_size_note(path, state, c.data, ("val",), list(overrides)) if split == "val" else None
     if changed and progress is not None:
         progress.line(changed + "these scores are on the data as it is now, not as the run validated on")
     check_compatible(path, state, c.model, cfg.model.name, cfg.task.name)
