@@ -32,6 +32,11 @@ class RunDirError(VaitrainError):
     """A run or output directory that cannot be read or written."""
 
 
+# how a diverged run's error reads (engine/step.check_finite); a sweep job's error crosses a process
+# boundary as text, so the lab tells a diverged run (a result) from a crash by this phrase
+NON_FINITE = "became non-finite (NaN/inf)"
+
+
 class TrainingError(VaitrainError):
     """Training that cannot go on (a non-finite loss, for example)."""
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from vaitrain.engine import dist
 from vaitrain.engine.device import autocast
-from vaitrain.errors import CheckpointError, TrainingError
+from vaitrain.errors import NON_FINITE, CheckpointError, TrainingError
 
 MIN_LOSS_SCALE = 1.0  # fp16: overflow after overflow down to this scale means a diverged run
 
@@ -151,6 +151,6 @@ def check_finite(model: nn.Module, bad: torch.Tensor, step: int, last_checkpoint
         where = (f"the last good checkpoint is {last_checkpoint}" if last_checkpoint.is_file()
                  else "no checkpoint was written yet")
         raise TrainingError(
-            f"the {'loss' if code == 2 else 'weights'} became non-finite (NaN/inf) by step {step}; {where}; "
+            f"the {'loss' if code == 2 else 'weights'} {NON_FINITE} by step {step}; {where}; "
             "lower optim.lr, set optim.grad_clip, or use trainer.precision=fp32"
         )

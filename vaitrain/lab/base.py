@@ -81,11 +81,18 @@ class LabContext:
 
             signum = int(result.signal or signal.SIGINT)
             raise Interrupted(f"stopped by {signal.Signals(signum).name} in the lab's sweep '{name}'", signum)
-        if result.failed:  # a finding over the runs that did train would compare fewer than the claim needs
-            from vaitrain.errors import TrainingError
+        from vaitrain.errors import NON_FINITE, TrainingError
 
-            job = result.failed[0]
-            raise TrainingError(f"{len(result.failed)} of {len(result.jobs)} runs of the lab's sweep '{name}' failed "
+        # a run that diverged (SGD at lr 1.0) is one of the results a lab compares: its records up to
+        # the divergence stand; any other failure would leave a finding fewer runs than its claim needs
+        diverged = [j for j in result.failed if NON_FINITE in (j.error or "")]
+        for job in diverged:
+            self.say(f"lab: sweep '{name}' job {job.index + 1} ({' '.join(job.overrides)}) diverged: "
+                     "its metrics up to then are compared")
+        failed = [j for j in result.failed if j not in diverged]
+        if failed:
+            job = failed[0]
+            raise TrainingError(f"{len(failed)} of {len(result.jobs)} runs of the lab's sweep '{name}' failed "
                                 f"(job {job.index + 1}: {job.error})")
         return result
 
