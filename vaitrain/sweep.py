@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -22,6 +21,7 @@ from vaitrain.config import GROUPS, compose, expand_sweep
 from vaitrain.errors import ConfigError, Interrupted, RunDirError
 from vaitrain.file_kinds import NotRegularFile, read_text, special_kind
 from vaitrain.jobs import JobSpec, check_launcher, find_run_dir, make_launcher, one_line, run_jobs
+from vaitrain.track.lock import FolderLock
 from vaitrain.track.files import write_text_atomic
 from vaitrain.track.rundir import CKPT_DIR, check_writable, create_unique_dir
 
@@ -219,39 +219,12 @@ def run_sweep(
     return result
 
 
-class _FolderLock:
+def _lock(sweep_dir: Path) -> FolderLock:
     """One process per sweep folder: two resumes at once (or a resume of a sweep still running) ran the
-    same jobs twice, and each rewrote sweep.json over the other's. An flock on the folder itself (no
-    file left in it), dropped by the kernel on any exit, kill -9 included."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd: int | None = fd
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
-def _lock(sweep_dir: Path) -> _FolderLock:
-    import fcntl
-
-    try:
-        fd = os.open(sweep_dir, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError as err:
-        raise RunDirError(f"cannot open the sweep folder '{sweep_dir}' ({err.strerror or err})") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:  # EWOULDBLOCK: another process holds it
-        os.close(fd)
-        raise RunDirError(f"sweep folder '{sweep_dir}' is in use by another `vaitrain train -m` (the sweep still "
-                          "running, or a resume of it): wait for it to end or stop it (Ctrl-C, kill -TERM), "
-                          "then resume") from None
-    except OSError as err:  # no flock on this file system (Lustre without -o flock: ENOSYS; ENOLCK): not 'in use'
-        os.close(fd)
-        raise RunDirError(f"cannot lock the sweep folder '{sweep_dir}' ({err.strerror or err}): its file system "
-                          "does not support locks; give out_dir= on a local disk") from None
-    return _FolderLock(fd)
+    same jobs twice, and each rewrote sweep.json over the other's."""
+    return FolderLock(sweep_dir, name="sweep folder", busy=(
+        f"sweep folder '{sweep_dir}' is in use by another `vaitrain train -m` (the sweep still running, or "
+        "a resume of it): wait for it to end or stop it (Ctrl-C, kill -TERM), then resume"))
 
 
 def _run_pending(result: SweepResult, started: str, pending: list[SweepJob], planned: list, settings: DictConfig,

@@ -33,7 +33,7 @@ class RunLock:
         except OSError as err:
             holder = _read_pid(fd)
             os.close(fd)
-            if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            if not _held_elsewhere(err):
                 raise RunDirError(f"cannot lock run directory '{self.path.parent}' ({err.strerror or err})") from None
             who = f"process {holder}" if holder else "another process"
             raise RunDirError(
@@ -57,6 +57,36 @@ class RunLock:
     @property
     def held(self) -> bool:
         return self._fd is not None
+
+
+class FolderLock:
+    """An flock on a folder itself (no file left in it), e.g. one runner per sweep folder; dropped by
+    the kernel on any exit, kill -9 included. `busy`: the line when another process holds it; a file
+    system without locks (Lustre without -o flock: ENOSYS; ENOLCK) says so instead."""
+
+    def __init__(self, folder: Path, *, name: str, busy: str) -> None:
+        try:
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as err:
+            raise RunDirError(f"cannot open the {name} '{folder}' ({err.strerror or err})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if _held_elsewhere(err):
+                raise RunDirError(busy) from None
+            raise RunDirError(f"cannot lock the {name} '{folder}' ({err.strerror or err}): its file system "
+                              "does not support locks; give out_dir= on a local disk") from None
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the lock
+            self._fd = None
+
+
+def _held_elsewhere(err: OSError) -> bool:
+    return err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)
 
 
 def _read_pid(fd: int) -> int | None:
